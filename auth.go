@@ -1,0 +1,396 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// role is what an API key may do. Every HTTP route and RPC needs exactly one role, or
+// rolePublic for the few that need no key at all.
+type role string
+
+const (
+	rolePublic    role = ""
+	roleHTTPUser  role = "http_user"
+	roleGRPCAdmin role = "grpc_admin"
+)
+
+// routeRoles says which role each HTTP route needs. addRoutes refuses to register a route
+// missing from it, so a new route cannot ship without a decision about who may call it.
+var routeRoles = map[string]role{
+	"GET /healthz":     rolePublic,
+	"GET /events":      roleHTTPUser,
+	"GET /events/{id}": roleHTTPUser,
+	// The catch-alls only ever answer 404 or 405.
+	"/":            rolePublic,
+	"/healthz":     rolePublic,
+	"/events":      rolePublic,
+	"/events/{id}": rolePublic,
+}
+
+// rpcRoles says which role each gRPC method needs. A method missing from it, including one
+// no service implements, needs grpc_admin: unknown calls without a key get UNAUTHENTICATED,
+// never UNIMPLEMENTED, so the API cannot be enumerated without a key.
+var rpcRoles = map[string]role{
+	"/liveops.v1.EventService/CreateEvent": roleGRPCAdmin,
+	"/liveops.v1.EventService/GetEvent":    roleGRPCAdmin,
+	"/liveops.v1.EventService/UpdateEvent": roleGRPCAdmin,
+	"/liveops.v1.EventService/DeleteEvent": roleGRPCAdmin,
+	"/liveops.v1.EventService/ListEvents":  roleGRPCAdmin,
+
+	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      roleGRPCAdmin,
+	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": roleGRPCAdmin,
+
+	// Load balancers and orchestrators probe health without credentials.
+	"/grpc.health.v1.Health/Check": rolePublic,
+	"/grpc.health.v1.Health/List":  rolePublic,
+	"/grpc.health.v1.Health/Watch": rolePublic,
+}
+
+func rpcRole(method string) role {
+	if r, ok := rpcRoles[method]; ok {
+		return r
+	}
+	return roleGRPCAdmin
+}
+
+// An API key looks like lo_admin_<43 base62 characters>_<6 base62 characters>:
+// a fixed prefix secret scanners can match, a tag naming the role so a leaked admin key is
+// recognisable, 256 bits from crypto/rand, and a CRC32 of everything before it, so a
+// mistyped or truncated key is refused before it is hashed or looked up.
+const (
+	keyPrefix      = "lo_"
+	keyRandomLen   = 43 // 43 base62 digits carry 256 bits
+	keyChecksumLen = 6  // 62^6 > 2^32
+	base62         = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+var roleTags = map[role]string{roleHTTPUser: "user", roleGRPCAdmin: "admin"}
+
+// apiKey is the stored record of a key. The key itself is never stored: only its SHA-256.
+type apiKey struct {
+	ID         string
+	Hash       [sha256.Size]byte
+	Role       role
+	Name       string
+	CreatedAt  time.Time
+	LastUsedAt time.Time // zero if never used
+	RevokedAt  time.Time // zero if not revoked
+	ExpiresAt  time.Time // zero if it never expires
+}
+
+// newKey makes a fresh key for r and the record to store for it. The returned secret is
+// shown to the user once and then forgotten.
+func newKey(r role, name string, now time.Time, ttl time.Duration) (secret string, k apiKey, err error) {
+	tag, ok := roleTags[r]
+	if !ok {
+		return "", apiKey{}, fmt.Errorf("unknown role %q: want http_user or grpc_admin", r)
+	}
+	var b strings.Builder
+	b.WriteString(keyPrefix + tag + "_")
+	b.WriteString(randomBase62(keyRandomLen))
+	body := b.String()
+	secret = body + "_" + checksum(body)
+
+	var id [6]byte
+	rand.Read(id[:])
+	k = apiKey{ID: hex.EncodeToString(id[:]), Hash: sha256.Sum256([]byte(secret)), Role: r, Name: name, CreatedAt: now}
+	if ttl > 0 {
+		k.ExpiresAt = now.Add(ttl)
+	}
+	return secret, k, nil
+}
+
+// randomBase62 returns n base62 digits drawn uniformly from crypto/rand.
+func randomBase62(n int) string {
+	out := make([]byte, 0, n)
+	var buf [64]byte
+	for len(out) < n {
+		rand.Read(buf[:])
+		for _, c := range buf {
+			// 248 = 4*62: rejecting larger bytes keeps every digit equally likely.
+			if c < 248 && len(out) < n {
+				out = append(out, base62[c%62])
+			}
+		}
+	}
+	return string(out)
+}
+
+func checksum(body string) string {
+	sum := crc32.ChecksumIEEE([]byte(body))
+	var out [keyChecksumLen]byte
+	for i := keyChecksumLen - 1; i >= 0; i-- {
+		out[i] = base62[sum%62]
+		sum /= 62
+	}
+	return string(out[:])
+}
+
+// checkKeyFormat reports whether s is shaped like a liveops key with a correct checksum,
+// without looking it up. It does not allocate.
+func checkKeyFormat(s string) bool {
+	if !strings.HasPrefix(s, keyPrefix) {
+		return false
+	}
+	rest := s[len(keyPrefix):]
+	tag, rest, ok := strings.Cut(rest, "_")
+	if !ok || (tag != "user" && tag != "admin") {
+		return false
+	}
+	if len(rest) != keyRandomLen+1+keyChecksumLen || rest[keyRandomLen] != '_' {
+		return false
+	}
+	for i := 0; i < len(rest); i++ {
+		if i != keyRandomLen && strings.IndexByte(base62, rest[i]) < 0 {
+			return false
+		}
+	}
+	body := s[:len(s)-keyChecksumLen-1]
+	sum := crc32.ChecksumIEEE([]byte(body))
+	for i := len(s) - 1; i >= len(s)-keyChecksumLen; i-- {
+		if s[i] != base62[sum%62] {
+			return false
+		}
+		sum /= 62
+	}
+	return true
+}
+
+// Errors that authentication returns. Their text is shown to callers, so it never contains
+// the key.
+var (
+	errNoKey        = errors.New("missing API key: send it as 'Authorization: Bearer <key>'")
+	errTwoKeys      = errors.New("more than one Authorization header: send exactly one")
+	errBadScheme    = errors.New("unsupported authorization scheme: use 'Bearer <key>'")
+	errInvalidKey   = errors.New("invalid API key")
+	errRevokedKey   = errors.New("API key has been revoked")
+	errExpiredKey   = errors.New("API key has expired")
+	errWrongRoleFmt = "this endpoint needs a %s key; this key's role is %s"
+)
+
+// bearerToken extracts the key from the values of an Authorization header (or gRPC
+// authorization metadata): "Bearer <key>" with any case of "Bearer", or the bare key.
+// Two values are refused rather than picking one.
+func bearerToken(values []string) (string, error) {
+	switch len(values) {
+	case 0:
+		return "", errNoKey
+	case 1:
+	default:
+		return "", errTwoKeys
+	}
+	v := strings.TrimSpace(values[0])
+	if v == "" {
+		return "", errNoKey
+	}
+	scheme, token, ok := strings.Cut(v, " ")
+	if !ok {
+		return v, nil // a bare key
+	}
+	if !strings.EqualFold(scheme, "Bearer") {
+		return "", errBadScheme
+	}
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return "", errNoKey
+	}
+	return token, nil
+}
+
+// keyEntry is a key held in memory by the keyring.
+type keyEntry struct {
+	apiKey
+	// lastUsed is the last time, in Unix nanoseconds, this process saw the key used. The
+	// flusher copies it to the database now and then, so requests never wait on a write.
+	lastUsed atomic.Int64
+}
+
+// keyring answers "which key is this?" from memory. It reloads from the database when the
+// database changes (see watch), which is how a key revoked by `liveops keys revoke` in
+// another process stops working here within a poll interval.
+type keyring struct {
+	st   *store
+	now  func() time.Time
+	keys atomic.Pointer[map[[sha256.Size]byte]*keyEntry]
+}
+
+func newKeyring(ctx context.Context, st *store, now func() time.Time) (*keyring, error) {
+	kr := &keyring{st: st, now: now}
+	if err := kr.reload(ctx); err != nil {
+		return nil, err
+	}
+	return kr, nil
+}
+
+// reload replaces the in-memory keys with the database's, carrying over usage not yet flushed.
+func (kr *keyring) reload(ctx context.Context) error {
+	keys, err := kr.st.Keys(ctx)
+	if err != nil {
+		return err
+	}
+	old := kr.keys.Load()
+	next := make(map[[sha256.Size]byte]*keyEntry, len(keys))
+	for _, k := range keys {
+		e := &keyEntry{apiKey: k}
+		e.lastUsed.Store(nanosOrZero(k.LastUsedAt))
+		if old != nil {
+			if prev, ok := (*old)[k.Hash]; ok && prev.lastUsed.Load() > e.lastUsed.Load() {
+				e.lastUsed.Store(prev.lastUsed.Load())
+			}
+		}
+		next[k.Hash] = e
+	}
+	kr.keys.Store(&next)
+	return nil
+}
+
+func nanosOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// authenticate returns the live key whose text is secret.
+func (kr *keyring) authenticate(secret string) (*keyEntry, error) {
+	if !checkKeyFormat(secret) {
+		return nil, errInvalidKey
+	}
+	digest := sha256.Sum256([]byte(secret))
+	e, ok := (*kr.keys.Load())[digest]
+	// The map lookup found the entry by its digest; comparing the digests again in constant
+	// time keeps the final decision free of timing differences whatever the map does.
+	if !ok || subtle.ConstantTimeCompare(e.Hash[:], digest[:]) != 1 {
+		return nil, errInvalidKey
+	}
+	now := kr.now()
+	if !e.RevokedAt.IsZero() {
+		return nil, errRevokedKey
+	}
+	if !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt) {
+		return nil, errExpiredKey
+	}
+	// Only store when the second changed, so concurrent requests with one key do not all
+	// write the same cache line.
+	if n := now.UnixNano(); n-e.lastUsed.Load() >= int64(time.Second) {
+		e.lastUsed.Store(n)
+	}
+	return e, nil
+}
+
+// usedSince returns, for every key used after the times in flushed, its last use; and
+// records those times in flushed.
+func (kr *keyring) usedSince(flushed map[string]int64) map[string]time.Time {
+	used := map[string]time.Time{}
+	for _, e := range *kr.keys.Load() {
+		if n := e.lastUsed.Load(); n > flushed[e.ID] && n != nanosOrZero(e.LastUsedAt) {
+			used[e.ID] = fromNanos(n)
+			flushed[e.ID] = n
+		}
+	}
+	return used
+}
+
+// flushUsage writes key usage seen since the last flush to the database.
+func (kr *keyring) flushUsage(ctx context.Context, flushed map[string]int64) error {
+	used := kr.usedSince(flushed)
+	if len(used) == 0 {
+		return nil
+	}
+	return kr.st.TouchKeys(ctx, used)
+}
+
+// requireRole wraps next so that it runs only for a request carrying a live key of role
+// need. It answers 401 (with WWW-Authenticate) for a missing, unknown, revoked or expired
+// key, and 403 for a key of another role.
+func (kr *keyring) requireRole(need role, next http.Handler) http.Handler {
+	if need == rolePublic {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		secret, err := bearerToken(r.Header["Authorization"])
+		var k *keyEntry
+		if err == nil {
+			k, err = kr.authenticate(secret)
+		}
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="liveops"`)
+			writeError(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		if rec, ok := w.(*responseRecorder); ok {
+			rec.keyID = k.ID
+		}
+		if k.Role != need {
+			writeError(w, http.StatusForbidden, fmt.Sprintf(errWrongRoleFmt, need, k.Role))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// watch keeps the keyring current until ctx ends: every poll it asks SQLite whether any
+// connection (in this process or another) committed a change, and reloads the keys if so.
+// Every flushEvery it writes key usage to the database. It flushes once more on the way out.
+func (kr *keyring) watch(ctx context.Context, log *slog.Logger, poll, flushEvery time.Duration) {
+	flushed := map[string]int64{}
+	defer func() {
+		// The server's context is done; give the last flush its own short deadline.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := kr.flushUsage(fctx, flushed); err != nil {
+			log.Error("flush key usage", "err", err)
+		}
+	}()
+
+	conn, err := kr.st.db.Conn(ctx)
+	if err != nil {
+		log.Error("watch keys: no connection", "err", err)
+		return
+	}
+	defer conn.Close()
+	last, err := dataVersion(ctx, conn)
+	if err != nil {
+		log.Error("watch keys", "err", err)
+	}
+
+	pollTick := time.NewTicker(poll)
+	defer pollTick.Stop()
+	flushTick := time.NewTicker(flushEvery)
+	defer flushTick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-flushTick.C:
+			if err := kr.flushUsage(ctx, flushed); err != nil {
+				log.Error("flush key usage", "err", err)
+			}
+		case <-pollTick.C:
+			v, err := dataVersion(ctx, conn)
+			if err != nil {
+				log.Error("watch keys", "err", err)
+				continue
+			}
+			if v == last {
+				continue
+			}
+			last = v
+			if err := kr.reload(ctx); err != nil {
+				log.Error("reload keys", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,246 @@
+package main
+
+//go:generate protoc --go_out=. --go_opt=module=liveops --go-grpc_out=. --go-grpc_opt=module=liveops events.proto
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"liveops/eventspb"
+)
+
+// newGRPCServer returns the gRPC server with the event service, health and reflection
+// registered, and every call (known or not) going through authentication and logging.
+func newGRPCServer(st *store, kr *keyring, now func() time.Time, log *slog.Logger) (*grpc.Server, *health.Server) {
+	gs := grpc.NewServer(
+		grpc.UnaryInterceptor(unaryInterceptor(kr, log)),
+		grpc.StreamInterceptor(streamInterceptor(kr, log)),
+		// Unknown services and methods pass through the stream interceptor like any other
+		// call, so without a key they are UNAUTHENTICATED rather than UNIMPLEMENTED.
+		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
+			return status.Error(codes.Unimplemented, "unknown service or method")
+		}),
+	)
+	eventspb.RegisterEventServiceServer(gs, &eventServer{st: st, now: now, log: log})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs) // v1 and v1alpha
+	return gs, hs
+}
+
+// eventServer implements liveops.v1.EventService.
+type eventServer struct {
+	eventspb.UnimplementedEventServiceServer
+	st  *store
+	now func() time.Time
+	log *slog.Logger
+}
+
+func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEventRequest) (*eventspb.CreateEventResponse, error) {
+	e, err := eventFromRequest(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	now := s.now().UTC()
+	e.ID, e.CreatedAt, e.UpdatedAt = newID(), now, now
+	if err := s.st.CreateEvent(ctx, e); err != nil {
+		return nil, s.grpcError(err)
+	}
+	s.logWrite(ctx, "create", e.ID)
+	return &eventspb.CreateEventResponse{Event: toProto(e)}, nil
+}
+
+func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventRequest) (*eventspb.GetEventResponse, error) {
+	if err := checkID(req.GetId()); err != nil {
+		return nil, s.grpcError(err)
+	}
+	e, err := s.st.Event(ctx, req.GetId())
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	return &eventspb.GetEventResponse{Event: toProto(e)}, nil
+}
+
+func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEventRequest) (*eventspb.UpdateEventResponse, error) {
+	if err := checkID(req.GetId()); err != nil {
+		return nil, s.grpcError(err)
+	}
+	e, err := eventFromRequest(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	e.ID, e.UpdatedAt = req.GetId(), s.now().UTC()
+	got, err := s.st.UpdateEvent(ctx, e)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	s.logWrite(ctx, "update", e.ID)
+	return &eventspb.UpdateEventResponse{Event: toProto(got)}, nil
+}
+
+func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEventRequest) (*eventspb.DeleteEventResponse, error) {
+	if err := checkID(req.GetId()); err != nil {
+		return nil, s.grpcError(err)
+	}
+	if err := s.st.DeleteEvent(ctx, req.GetId()); err != nil {
+		return nil, s.grpcError(err)
+	}
+	s.logWrite(ctx, "delete", req.GetId())
+	return &eventspb.DeleteEventResponse{Success: true}, nil
+}
+
+func (s *eventServer) ListEvents(ctx context.Context, req *eventspb.ListEventsRequest) (*eventspb.ListEventsResponse, error) {
+	events, err := s.st.Events(ctx)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	resp := &eventspb.ListEventsResponse{Events: make([]*eventspb.Event, len(events))}
+	for i, e := range events {
+		resp.Events[i] = toProto(e)
+	}
+	return resp, nil
+}
+
+// logWrite records an admin write: who (key id), what, and which event.
+func (s *eventServer) logWrite(ctx context.Context, action, id string) {
+	var keyID string
+	if k, ok := ctx.Value(keyContextKey{}).(*keyEntry); ok {
+		keyID = k.ID
+	}
+	s.log.Info("admin write", "action", action, "event_id", id, "key_id", keyID)
+}
+
+// grpcError maps an error to a gRPC status: a *fieldError to INVALID_ARGUMENT naming the
+// field, errNotFound to NOT_FOUND, and anything else to INTERNAL with a generic message,
+// the detail going only to the log.
+func (s *eventServer) grpcError(err error) error {
+	var fe *fieldError
+	switch {
+	case errors.As(err, &fe):
+		return status.Error(codes.InvalidArgument, fe.Error())
+	case errors.Is(err, errNotFound):
+		return status.Error(codes.NotFound, "event not found")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "request canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	}
+	s.log.Error("internal error", "err", err)
+	return status.Error(codes.Internal, "internal error")
+}
+
+// eventFromRequest builds and validates an event from the fields of a create or update.
+func eventFromRequest(title, description string, start, end *timestamppb.Timestamp, rewards string) (Event, error) {
+	e := Event{Title: title, Description: description, Rewards: rewards}
+	var err error
+	if e.Start, err = fromTimestamp("start_time", start); err != nil {
+		return Event{}, err
+	}
+	if e.End, err = fromTimestamp("end_time", end); err != nil {
+		return Event{}, err
+	}
+	if err := e.validate(); err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+// fromTimestamp converts a protobuf timestamp to UTC time; nil gives the zero time, which
+// validate reports as missing.
+func fromTimestamp(field string, ts *timestamppb.Timestamp) (time.Time, error) {
+	if ts == nil {
+		return time.Time{}, nil
+	}
+	if err := ts.CheckValid(); err != nil {
+		return time.Time{}, &fieldError{field, "is not a valid timestamp"}
+	}
+	return ts.AsTime(), nil
+}
+
+func toProto(e Event) *eventspb.Event {
+	return &eventspb.Event{
+		Id: e.ID, Title: e.Title, Description: e.Description,
+		StartTime: timestamppb.New(e.Start), EndTime: timestamppb.New(e.End),
+		Rewards:   e.Rewards,
+		CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt),
+	}
+}
+
+// keyContextKey carries the caller's *keyEntry in a gRPC call's context.
+type keyContextKey struct{}
+
+// authorizeRPC checks the key in the call's metadata against the role the method needs and
+// returns a context carrying the key. It returns a status error: UNAUTHENTICATED for a
+// missing, unknown, revoked or expired key, PERMISSION_DENIED for a key of another role.
+func authorizeRPC(ctx context.Context, kr *keyring, method string) (context.Context, *keyEntry, error) {
+	need := rpcRole(method)
+	if need == rolePublic {
+		return ctx, nil, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	secret, err := bearerToken(md.Get("authorization"))
+	var k *keyEntry
+	if err == nil {
+		k, err = kr.authenticate(secret)
+	}
+	if err != nil {
+		return ctx, nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if k.Role != need {
+		return ctx, k, status.Errorf(codes.PermissionDenied, errWrongRoleFmt, need, k.Role)
+	}
+	return context.WithValue(ctx, keyContextKey{}, k), k, nil
+}
+
+func unaryInterceptor(kr *keyring, log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		ctx, k, err := authorizeRPC(ctx, kr, info.FullMethod)
+		var resp any
+		if err == nil {
+			resp, err = handler(ctx, req)
+		}
+		logRPC(log, info.FullMethod, k, err, start)
+		return resp, err
+	}
+}
+
+func streamInterceptor(kr *keyring, log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		ctx, k, err := authorizeRPC(ss.Context(), kr, info.FullMethod)
+		if err == nil {
+			err = handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+		}
+		logRPC(log, info.FullMethod, k, err, start)
+		return err
+	}
+}
+
+// contextStream is a ServerStream whose Context carries the caller's key.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }
+
+func logRPC(log *slog.Logger, method string, k *keyEntry, err error, start time.Time) {
+	var keyID string
+	if k != nil {
+		keyID = k.ID
+	}
+	log.Info("request", "proto", "grpc", "rpc", method, "code", status.Code(err).String(),
+		"duration", time.Since(start), "key_id", keyID)
+}

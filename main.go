@@ -1,0 +1,20 @@
+// Command liveops serves a game's live events: an HTTP JSON API for players and a gRPC API
+// for the live-ops team, on one port, backed by one SQLite file.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "liveops:", err)
+		os.Exit(1)
+	}
+}

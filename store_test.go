@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// newTestStore opens a fresh database in a temporary directory.
+func newTestStore(t *testing.T) *store {
+	t.Helper()
+	st, err := openStore(context.Background(), filepath.Join(t.TempDir(), "test.db"))
+	if err != nil {
+		t.Fatalf("openStore: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// mustCreate validates and stores an event that runs from start to end.
+func mustCreate(t *testing.T, st *store, title string, start, end time.Time) Event {
+	t.Helper()
+	e := Event{ID: newID(), Title: title, Start: start, End: end, CreatedAt: t0, UpdatedAt: t0}
+	if err := e.validate(); err != nil {
+		t.Fatalf("validate %q: %v", title, err)
+	}
+	if err := st.CreateEvent(context.Background(), e); err != nil {
+		t.Fatalf("CreateEvent %q: %v", title, err)
+	}
+	return e
+}
+
+func titles(events []Event) string {
+	var s []string
+	for _, e := range events {
+		s = append(s, e.Title)
+	}
+	return strings.Join(s, ",")
+}
+
+func TestStoreEventCRUD(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+
+	e := Event{
+		ID: newID(), Title: "Winter Festival", Description: "Snow everywhere",
+		Start: t0, End: t0.Add(48 * time.Hour), Rewards: `{"gems": 50}`,
+		CreatedAt: t0, UpdatedAt: t0,
+	}
+	if err := e.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateEvent(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Event(ctx, e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != e {
+		t.Fatalf("Event after create = %+v; want %+v", got, e)
+	}
+	if got.Rewards != `{"gems":50}` {
+		t.Errorf("rewards stored as %q; want compact JSON", got.Rewards)
+	}
+
+	upd := e
+	upd.Title, upd.Description, upd.Rewards = "Winter Festival II", "", "[1,2]"
+	upd.Start, upd.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
+	upd.UpdatedAt = t0.Add(time.Minute)
+	upd.CreatedAt = time.Time{} // an update must not touch created_at
+	got, err = st.UpdateEvent(ctx, upd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := upd
+	want.CreatedAt = t0
+	if got != want {
+		t.Fatalf("UpdateEvent = %+v; want %+v", got, want)
+	}
+	if again, _ := st.Event(ctx, e.ID); again != want {
+		t.Fatalf("Event after update = %+v; want %+v", again, want)
+	}
+
+	if err := st.DeleteEvent(ctx, e.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Event(ctx, e.ID); !errors.Is(err, errNotFound) {
+		t.Fatalf("Event after delete: err = %v; want errNotFound", err)
+	}
+	if err := st.DeleteEvent(ctx, e.ID); !errors.Is(err, errNotFound) {
+		t.Fatalf("second DeleteEvent: err = %v; want errNotFound", err)
+	}
+	if _, err := st.UpdateEvent(ctx, upd); !errors.Is(err, errNotFound) {
+		t.Fatalf("UpdateEvent of deleted event: err = %v; want errNotFound", err)
+	}
+}
+
+func TestStoreActiveWindow(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	mustCreate(t, st, "window", t0, t0.Add(time.Hour))
+
+	tests := []struct {
+		name   string
+		at     time.Time
+		active bool
+	}{
+		{"just before start", t0.Add(-time.Nanosecond), false},
+		{"at start (inclusive)", t0, true},
+		{"inside", t0.Add(30 * time.Minute), true},
+		{"just before end", t0.Add(time.Hour - time.Nanosecond), true},
+		{"at end (exclusive)", t0.Add(time.Hour), false},
+		{"after end", t0.Add(2 * time.Hour), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := st.ActiveEvents(ctx, tt.at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (len(got) == 1) != tt.active {
+				t.Fatalf("ActiveEvents(%v) = %q; want active=%v", tt.at, titles(got), tt.active)
+			}
+			if e := (Event{Start: t0, End: t0.Add(time.Hour)}); e.activeAt(tt.at) != tt.active {
+				t.Fatalf("activeAt(%v) = %v; want %v", tt.at, !tt.active, tt.active)
+			}
+		})
+	}
+}
+
+func TestStoreOrdering(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	// Two events share a start time, so the id decides between them.
+	a := mustCreate(t, st, "late", t0.Add(time.Hour), t0.Add(5*time.Hour))
+	b := mustCreate(t, st, "early", t0, t0.Add(5*time.Hour))
+	c := mustCreate(t, st, "tie", t0.Add(time.Hour), t0.Add(5*time.Hour))
+	mustCreate(t, st, "ended", t0.Add(-3*time.Hour), t0.Add(-2*time.Hour))
+	mustCreate(t, st, "future", t0.Add(10*time.Hour), t0.Add(11*time.Hour))
+
+	first, second := a, c
+	if c.ID < a.ID {
+		first, second = c, a
+	}
+	active, err := st.ActiveEvents(ctx, t0.Add(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := titles(active), b.Title+","+first.Title+","+second.Title; got != want {
+		t.Errorf("ActiveEvents order = %s; want %s", got, want)
+	}
+	all, err := st.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := titles(all), "ended,early,"+first.Title+","+second.Title+",future"; got != want {
+		t.Errorf("Events order = %s; want %s", got, want)
+	}
+}
+
+func TestEventValidation(t *testing.T) {
+	valid := func() Event {
+		return Event{Title: "Festival", Description: "d", Start: t0, End: t0.Add(time.Hour), Rewards: `{"a":1}`}
+	}
+	tests := []struct {
+		name   string
+		change func(*Event)
+		field  string // empty when the event is valid
+	}{
+		{"valid", func(e *Event) {}, ""},
+		{"title of 100 runes", func(e *Event) { e.Title = strings.Repeat("é", 100) }, ""},
+		{"missing title", func(e *Event) { e.Title = "" }, "title"},
+		{"title of 101 runes", func(e *Event) { e.Title = strings.Repeat("é", 101) }, "title"},
+		{"title not UTF-8", func(e *Event) { e.Title = "bad\xff" }, "title"},
+		{"description of 1000 runes", func(e *Event) { e.Description = strings.Repeat("日", 1000) }, ""},
+		{"description of 1001 runes", func(e *Event) { e.Description = strings.Repeat("日", 1001) }, "description"},
+		{"missing start", func(e *Event) { e.Start = time.Time{} }, "start_time"},
+		{"missing end", func(e *Event) { e.End = time.Time{} }, "end_time"},
+		{"end equals start", func(e *Event) { e.End = e.Start }, "end_time"},
+		{"end before start", func(e *Event) { e.End = e.Start.Add(-time.Second) }, "end_time"},
+		{"empty rewards", func(e *Event) { e.Rewards = "" }, ""},
+		{"array rewards", func(e *Event) { e.Rewards = `[{"id":"gem"}]` }, ""},
+		{"rewards not JSON", func(e *Event) { e.Rewards = `{gems: 5}` }, "rewards"},
+		{"rewards a string", func(e *Event) { e.Rewards = `"gems"` }, "rewards"},
+		{"rewards a number", func(e *Event) { e.Rewards = `5` }, "rewards"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := valid()
+			tt.change(&e)
+			err := e.validate()
+			var fe *fieldError
+			switch {
+			case tt.field == "" && err != nil:
+				t.Fatalf("validate() = %v; want nil", err)
+			case tt.field != "" && !errors.As(err, &fe):
+				t.Fatalf("validate() = %v; want a *fieldError for %s", err, tt.field)
+			case tt.field != "" && fe.Field != tt.field:
+				t.Fatalf("validate() blames %q (%v); want %q", fe.Field, err, tt.field)
+			}
+		})
+	}
+}
+
+func TestEmptyRewardsMeansEmptyObject(t *testing.T) {
+	e := Event{Title: "t", Start: t0, End: t0.Add(time.Hour), Rewards: "  "}
+	if err := e.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if e.Rewards != "{}" {
+		t.Fatalf("rewards = %q; want {}", e.Rewards)
+	}
+}
+
+func TestIDs(t *testing.T) {
+	seen := map[string]bool{}
+	for range 100 {
+		id := newID()
+		if !validID(id) || id[14] != '4' || !strings.ContainsRune("89ab", rune(id[19])) {
+			t.Fatalf("newID() = %q; want a canonical UUID v4", id)
+		}
+		if seen[id] {
+			t.Fatalf("newID() repeated %q", id)
+		}
+		seen[id] = true
+	}
+	for _, bad := range []string{"", "abc", "0B7D3C3E-4F1A-4A53-9C5E-2F9A8D6B1E20", "{0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e20}",
+		"0b7d3c3e4f1a4a539c5e2f9a8d6b1e20", "0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e2g", "0b7d3c3e_4f1a-4a53-9c5e-2f9a8d6b1e20"} {
+		if validID(bad) {
+			t.Errorf("validID(%q) = true; want false", bad)
+		}
+	}
+}
+
+func TestStoreKeys(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	if has, err := st.HasKeys(ctx); err != nil || has {
+		t.Fatalf("HasKeys on a new database = %v, %v; want false", has, err)
+	}
+	secret, err := createTestKey(t, st, roleGRPCAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := st.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 {
+		t.Fatalf("got %d keys; want 1", len(keys))
+	}
+	k := keys[0]
+	if k.Hash != sha256.Sum256([]byte(secret)) {
+		t.Errorf("stored hash is not the SHA-256 of the key")
+	}
+	if k.Role != roleGRPCAdmin || k.Name != "test" || !k.RevokedAt.IsZero() || !k.LastUsedAt.IsZero() {
+		t.Errorf("stored key = %+v", k)
+	}
+
+	// The key text must appear nowhere in the database file's tables.
+	var n int
+	if err := st.db.QueryRowContext(ctx,
+		`SELECT count(*) FROM api_keys WHERE instr(CAST(hash AS TEXT), ?) OR instr(name, ?) OR instr(id, ?)`,
+		secret, secret, secret).Scan(&n); err != nil || n != 0 {
+		t.Errorf("key text found in api_keys (%d rows, err %v)", n, err)
+	}
+
+	if err := st.TouchKeys(ctx, map[string]time.Time{k.ID: t0}); err != nil {
+		t.Fatal(err)
+	}
+	// An older time must not move last_used_at backwards.
+	if err := st.TouchKeys(ctx, map[string]time.Time{k.ID: t0.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RevokeKey(ctx, k.ID, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RevokeKey(ctx, k.ID, t0.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RevokeKey(ctx, "nosuchkey", t0); !errors.Is(err, errNotFound) {
+		t.Errorf("RevokeKey(unknown) = %v; want errNotFound", err)
+	}
+	keys, _ = st.Keys(ctx)
+	if got := keys[0]; !got.LastUsedAt.Equal(t0) || !got.RevokedAt.Equal(t0.Add(time.Hour)) {
+		t.Errorf("after touch and revoke: last used %v, revoked %v; want %v, %v", got.LastUsedAt, got.RevokedAt, t0, t0.Add(time.Hour))
+	}
+}
+
+func createTestKey(t *testing.T, st *store, r role) (string, error) {
+	t.Helper()
+	secret, _, err := createKey(context.Background(), st, r, "test", 0)
+	return secret, err
+}
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "test.db")
+	st, err := openStore(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := mustCreate(t, st, "kept", t0, t0.Add(time.Hour))
+	st.Close()
+
+	st, err = openStore(ctx, path)
+	if err != nil {
+		t.Fatalf("second open: %v", err)
+	}
+	defer st.Close()
+	var version int
+	if err := st.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != len(migrations) {
+		t.Fatalf("user_version = %d, %v; want %d", version, err, len(migrations))
+	}
+	if _, err := st.Event(ctx, e.ID); err != nil {
+		t.Fatalf("event lost across reopen: %v", err)
+	}
+}
+
+func TestPragmasReachEveryConnection(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	// Hold several connections at once so the pool must open more than one.
+	var conns []interface{ Close() error }
+	for i := range 3 {
+		c, err := st.db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		var mode string
+		var sync, fk, busy int
+		if err := c.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+			t.Fatal(err)
+		}
+		c.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync)
+		c.QueryRowContext(ctx, "PRAGMA foreign_keys").Scan(&fk)
+		c.QueryRowContext(ctx, "PRAGMA busy_timeout").Scan(&busy)
+		if mode != "wal" || sync != 2 || fk != 1 || busy != 5000 {
+			t.Errorf("connection %d: journal_mode=%s synchronous=%d foreign_keys=%d busy_timeout=%d; want wal 2 1 5000",
+				i, mode, sync, fk, busy)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
