@@ -192,7 +192,7 @@ func bearerToken(values []string) (string, error) {
 		return "", errTwoKeys
 	}
 	v := strings.TrimSpace(values[0])
-	if v == "" {
+	if v == "" || strings.EqualFold(v, "Bearer") {
 		return "", errNoKey
 	}
 	scheme, token, ok := strings.Cut(v, " ")

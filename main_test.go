@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// buildBinary builds the liveops binary once per test run, as CI and users build it.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "liveops-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "liveops")
+		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = err
+			t.Logf("go build: %s", out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build: %v", buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// process is the real binary running as a server.
+type process struct {
+	cmd    *exec.Cmd
+	addr   string
+	stderr *bytes.Buffer // everything it printed to stderr, guarded by mu
+	mu     *sync.Mutex
+	exited chan error
+}
+
+// startProcess runs the binary with args and waits for its "listening" line.
+func startProcess(t *testing.T, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(buildBinary(t), append([]string{"-addr", "127.0.0.1:0", "-log-format", "json"}, args...)...)
+	cmd.Env = []string{} // nothing from the test's environment
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, stderr: &bytes.Buffer{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
+	addrc := make(chan string, 1)
+	scanDone := make(chan struct{})
+	go func() {
+		defer close(scanDone)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr.Write(append(sc.Bytes(), '\n'))
+			p.mu.Unlock()
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "listening" {
+				addrc <- rec.Addr
+			}
+		}
+	}()
+	go func() { <-scanDone; p.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-scanDone
+	})
+	select {
+	case p.addr = <-addrc:
+	case err := <-p.exited:
+		t.Fatalf("liveops exited before listening: %v\n%s", err, p.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("liveops did not start within 30s\n%s", p.output())
+	}
+	return p
+}
+
+func (p *process) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+func TestBinaryBootstrapsKeysAndStopsOnSIGTERM(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "liveops.db")
+	p := startProcess(t, "-db", db)
+
+	out := p.output()
+	if !strings.Contains(out, "will not be shown again") {
+		t.Fatalf("no bootstrap notice on stderr:\n%s", out)
+	}
+	user := regexp.MustCompile(`lo_user_\w+`).FindString(out)
+	admin := regexp.MustCompile(`lo_admin_\w+`).FindString(out)
+	if user == "" || admin == "" {
+		t.Fatalf("bootstrap keys not printed:\n%s", out)
+	}
+	req, _ := http.NewRequest("GET", "http://"+p.addr+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+user)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /events with the bootstrap http_user key = %d", resp.StatusCode)
+	}
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; want status 0\n%s", err, p.output())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("did not exit within 15s of SIGTERM")
+	}
+
+	// A second start finds keys and creates none; the keys were printed only once.
+	p2 := startProcess(t, "-db", db)
+	if strings.Contains(p2.output(), "lo_") {
+		t.Fatalf("a second start printed keys:\n%s", p2.output())
+	}
+}
+
+func TestKeysCommands(t *testing.T) {
+	bin := buildBinary(t)
+	db := filepath.Join(t.TempDir(), "liveops.db")
+	runBin := func(args ...string) (string, string, error) {
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command(bin, args...)
+		cmd.Env = []string{}
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String(), stderr.String(), err
+	}
+
+	stdout, stderr, err := runBin("keys", "create", "-role", "grpc_admin", "-name", "ci", "-db", db)
+	if err != nil {
+		t.Fatalf("keys create: %v %s", err, stderr)
+	}
+	key := strings.TrimSuffix(stdout, "\n")
+	if strings.Count(stdout, "\n") != 1 || !checkKeyFormat(key) || !strings.HasPrefix(key, "lo_admin_") {
+		t.Fatalf("keys create stdout = %q; want exactly the key on one line", stdout)
+	}
+	id := regexp.MustCompile(`key ([0-9a-f]{12})`).FindStringSubmatch(stderr)
+	if id == nil {
+		t.Fatalf("keys create stderr = %q; want the key id", stderr)
+	}
+
+	stdout, _, err = runBin("keys", "list", "-db", db)
+	if err != nil || !strings.Contains(stdout, id[1]) || !strings.Contains(stdout, "grpc_admin") || !strings.Contains(stdout, "ci") {
+		t.Fatalf("keys list = %q, %v", stdout, err)
+	}
+	if strings.Contains(stdout, key) {
+		t.Fatal("keys list printed the key")
+	}
+
+	if _, stderr, err := runBin("keys", "revoke", id[1], "-db", db); err != nil {
+		t.Fatalf("keys revoke: %v %s", err, stderr)
+	}
+	stdout, _, _ = runBin("keys", "list", "-db", db)
+	if fields := strings.Fields(strings.Split(stdout, "\n")[1]); fields[len(fields)-1] == "-" {
+		t.Fatalf("revoked key not shown as revoked: %q", stdout)
+	}
+
+	for _, args := range [][]string{
+		{"keys", "create", "-role", "root", "-db", db},
+		{"keys", "revoke", "ffffffffffff", "-db", db},
+		{"keys", "revoke", "-db", db},
+		{"keys", "frobnicate"},
+	} {
+		if stdout, _, err := runBin(args...); err == nil || stdout != "" {
+			t.Errorf("%q: err = %v, stdout = %q; want a failure and nothing on stdout", args, err, stdout)
+		}
+	}
+	var fileBytes []byte
+	if fileBytes, err = os.ReadFile(db); err != nil {
+		t.Fatal(err)
+	}
+	if wal, err := os.ReadFile(db + "-wal"); err == nil {
+		fileBytes = append(fileBytes, wal...)
+	}
+	if bytes.Contains(fileBytes, []byte(key)) {
+		t.Fatal("the key text is in the database file")
+	}
+}
