@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -220,9 +222,13 @@ type keyEntry struct {
 // keyring answers "which key is this?" from memory. It reloads from the database when the
 // database changes (see watch), which is how a key revoked by `liveops keys revoke` in
 // another process stops working here within a poll interval.
+//
+// Readers load the map without locking; writers (reload, learn) build a new map under mu and
+// swap it in.
 type keyring struct {
 	st   *store
 	now  func() time.Time
+	mu   sync.Mutex
 	keys atomic.Pointer[map[[sha256.Size]byte]*keyEntry]
 }
 
@@ -236,6 +242,8 @@ func newKeyring(ctx context.Context, st *store, now func() time.Time) (*keyring,
 
 // reload replaces the in-memory keys with the database's, carrying over usage not yet flushed.
 func (kr *keyring) reload(ctx context.Context) error {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
 	keys, err := kr.st.Keys(ctx)
 	if err != nil {
 		return err
@@ -263,13 +271,38 @@ func nanosOrZero(t time.Time) int64 {
 	return t.UnixNano()
 }
 
+// learn looks up a key the keyring does not hold yet, such as one `liveops keys create`
+// made in another process since the last reload, and adds it. Only well-formed keys with a
+// correct checksum get here, so random guesses never reach the database.
+func (kr *keyring) learn(ctx context.Context, digest [sha256.Size]byte) (*keyEntry, bool) {
+	k, err := kr.st.KeyByHash(ctx, digest)
+	if err != nil {
+		return nil, false
+	}
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	cur := *kr.keys.Load()
+	if e, ok := cur[digest]; ok {
+		return e, true
+	}
+	next := maps.Clone(cur)
+	e := &keyEntry{apiKey: k}
+	e.lastUsed.Store(nanosOrZero(k.LastUsedAt))
+	next[digest] = e
+	kr.keys.Store(&next)
+	return e, true
+}
+
 // authenticate returns the live key whose text is secret.
-func (kr *keyring) authenticate(secret string) (*keyEntry, error) {
+func (kr *keyring) authenticate(ctx context.Context, secret string) (*keyEntry, error) {
 	if !checkKeyFormat(secret) {
 		return nil, errInvalidKey
 	}
 	digest := sha256.Sum256([]byte(secret))
 	e, ok := (*kr.keys.Load())[digest]
+	if !ok {
+		e, ok = kr.learn(ctx, digest)
+	}
 	// The map lookup found the entry by its digest; comparing the digests again in constant
 	// time keeps the final decision free of timing differences whatever the map does.
 	if !ok || subtle.ConstantTimeCompare(e.Hash[:], digest[:]) != 1 {
@@ -323,7 +356,7 @@ func (kr *keyring) requireRole(need role, next http.Handler) http.Handler {
 		secret, err := bearerToken(r.Header["Authorization"])
 		var k *keyEntry
 		if err == nil {
-			k, err = kr.authenticate(secret)
+			k, err = kr.authenticate(r.Context(), secret)
 		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="liveops"`)

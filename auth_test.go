@@ -117,7 +117,7 @@ func TestKeyringAuthenticate(t *testing.T) {
 
 	check := func(name, secret string, want error) {
 		t.Helper()
-		k, err := kr.authenticate(secret)
+		k, err := kr.authenticate(ctx, secret)
 		if !errors.Is(err, want) || (err == nil) != (k != nil) {
 			t.Errorf("%s: authenticate = %v, %v; want %v", name, k, err, want)
 		}
@@ -127,6 +127,15 @@ func TestKeyringAuthenticate(t *testing.T) {
 	check("unknown key", unknown, errInvalidKey)
 	check("malformed key", "lo_user_short_x", errInvalidKey)
 	check("expiring key before expiry", expiring, nil)
+
+	// A key created after the last reload (say by `keys create` in another process) works
+	// at once, without waiting for the next reload.
+	fresh, freshKey, _ := newKey(roleHTTPUser, "fresh", t0, 0)
+	if err := st.CreateKey(ctx, freshKey); err != nil {
+		t.Fatal(err)
+	}
+	check("key created after the last reload", fresh, nil)
+
 	clock = t0.Add(time.Hour)
 	check("expiring key at expiry", expiring, errExpiredKey)
 
@@ -151,7 +160,7 @@ func TestKeyUsageIsFlushed(t *testing.T) {
 	kr.reload(ctx)
 
 	flushed := map[string]int64{}
-	if _, err := kr.authenticate(secret); err != nil {
+	if _, err := kr.authenticate(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
 	if err := kr.flushUsage(ctx, flushed); err != nil {
@@ -159,7 +168,7 @@ func TestKeyUsageIsFlushed(t *testing.T) {
 	}
 	// A reload between use and flush must not lose the use.
 	clock = t0.Add(time.Minute)
-	kr.authenticate(secret)
+	kr.authenticate(ctx, secret)
 	kr.reload(ctx)
 	if err := kr.flushUsage(ctx, flushed); err != nil {
 		t.Fatal(err)

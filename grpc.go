@@ -192,7 +192,7 @@ func authorizeRPC(ctx context.Context, kr *keyring, method string) (context.Cont
 	secret, err := bearerToken(md.Get("authorization"))
 	var k *keyEntry
 	if err == nil {
-		k, err = kr.authenticate(secret)
+		k, err = kr.authenticate(ctx, secret)
 	}
 	if err != nil {
 		return ctx, nil, status.Error(codes.Unauthenticated, err.Error())

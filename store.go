@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -235,37 +236,58 @@ func (st *store) CreateKey(ctx context.Context, k apiKey) error {
 	return nil
 }
 
+const keyColumns = "id, hash, role, name, created_at, last_used_at, revoked_at, expires_at"
+
+func scanKey(s scanner) (apiKey, error) {
+	var k apiKey
+	var hash []byte
+	var r string
+	var created int64
+	var lastUsed, revoked, expires sql.NullInt64
+	if err := s.Scan(&k.ID, &hash, &r, &k.Name, &created, &lastUsed, &revoked, &expires); err != nil {
+		return apiKey{}, err
+	}
+	if len(hash) != len(k.Hash) {
+		return apiKey{}, fmt.Errorf("key %s has a malformed hash", k.ID)
+	}
+	copy(k.Hash[:], hash)
+	k.Role = role(r)
+	k.CreatedAt = fromNanos(created)
+	k.LastUsedAt, k.RevokedAt, k.ExpiresAt = fromNullNanos(lastUsed), fromNullNanos(revoked), fromNullNanos(expires)
+	return k, nil
+}
+
 // Keys returns every API key record, revoked ones too, oldest first.
 func (st *store) Keys(ctx context.Context) ([]apiKey, error) {
-	rows, err := st.db.QueryContext(ctx,
-		`SELECT id, hash, role, name, created_at, last_used_at, revoked_at, expires_at FROM api_keys ORDER BY created_at, id`)
+	rows, err := st.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM api_keys ORDER BY created_at, id`)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
 	defer rows.Close()
 	var keys []apiKey
 	for rows.Next() {
-		var k apiKey
-		var hash []byte
-		var r string
-		var created int64
-		var lastUsed, revoked, expires sql.NullInt64
-		if err := rows.Scan(&k.ID, &hash, &r, &k.Name, &created, &lastUsed, &revoked, &expires); err != nil {
+		k, err := scanKey(rows)
+		if err != nil {
 			return nil, fmt.Errorf("list keys: %w", err)
 		}
-		if len(hash) != len(k.Hash) {
-			return nil, fmt.Errorf("list keys: key %s has a malformed hash", k.ID)
-		}
-		copy(k.Hash[:], hash)
-		k.Role = role(r)
-		k.CreatedAt = fromNanos(created)
-		k.LastUsedAt, k.RevokedAt, k.ExpiresAt = fromNullNanos(lastUsed), fromNullNanos(revoked), fromNullNanos(expires)
 		keys = append(keys, k)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
 	return keys, nil
+}
+
+// KeyByHash returns the key whose SHA-256 is hash, or errNotFound.
+func (st *store) KeyByHash(ctx context.Context, hash [sha256.Size]byte) (apiKey, error) {
+	k, err := scanKey(st.db.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE hash = ?`, hash[:]))
+	if errors.Is(err, sql.ErrNoRows) {
+		return apiKey{}, errNotFound
+	}
+	if err != nil {
+		return apiKey{}, fmt.Errorf("get key: %w", err)
+	}
+	return k, nil
 }
 
 // HasKeys reports whether any API key, revoked or not, exists.
