@@ -153,11 +153,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel()
 	// Shutdown waits for in-flight requests, gRPC calls included: on the ServeHTTP path they
 	// are ordinary HTTP handlers. grpc's GracefulStop would abort them, so Stop comes after.
-	err = srv.Shutdown(sctx)
-	gs.Stop()
-	if err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	if err := srv.Shutdown(sctx); err != nil {
+		// Long-lived streams (a health Watch, say) never finish by themselves; once the
+		// grace period is over they are cut, and the shutdown is still a normal one.
+		log.Warn("grace period over, closing remaining connections", "err", err)
+		srv.Close()
 	}
+	gs.Stop()
 	log.Info("stopped")
 	return nil
 }
