@@ -11,7 +11,9 @@ import (
 	"hash/crc32"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -345,33 +347,193 @@ func (kr *keyring) flushUsage(ctx context.Context, flushed map[string]int64) err
 	return kr.st.TouchKeys(ctx, used)
 }
 
+// authError is why a request was refused. Each protocol maps its kind to a status:
+// authUnauthenticated is 401 / UNAUTHENTICATED, authForbidden 403 / PERMISSION_DENIED and
+// authThrottled 429 / RESOURCE_EXHAUSTED.
+type authError struct {
+	kind       authKind
+	msg        string
+	retryAfter time.Duration // with authThrottled
+}
+
+type authKind int
+
+const (
+	authUnauthenticated authKind = iota
+	authForbidden
+	authThrottled
+)
+
+func (e *authError) Error() string { return e.msg }
+
+// guard decides whether a request may go on: it throttles addresses that keep failing,
+// reads the key from the Authorization values, checks it, and checks its role.
+type guard struct {
+	keys    *keyring
+	limiter *failureLimiter
+}
+
+// authorize returns the caller's key when it may call something that needs role need.
+// addr is the client's IP address; authorization holds the values of the Authorization
+// header (or gRPC authorization metadata). The key is returned with an authForbidden error
+// too, so the refusal can be logged with the key id.
+func (g *guard) authorize(ctx context.Context, addr string, authorization []string, need role) (*keyEntry, *authError) {
+	if wait := g.limiter.blockedFor(addr); wait > 0 {
+		return nil, &authError{authThrottled, "too many failed authentications from this address; retry later", wait}
+	}
+	secret, err := bearerToken(authorization)
+	var k *keyEntry
+	if err == nil {
+		k, err = g.keys.authenticate(ctx, secret)
+	}
+	if err != nil {
+		// A request with no key at all is a misconfigured client, not a guess: only keys
+		// that were presented and refused count towards the limit.
+		if err != errNoKey {
+			g.limiter.fail(addr)
+		}
+		return nil, &authError{kind: authUnauthenticated, msg: err.Error()}
+	}
+	if k.Role != need {
+		return k, &authError{kind: authForbidden, msg: fmt.Sprintf(errWrongRoleFmt, need, k.Role)}
+	}
+	return k, nil
+}
+
 // requireRole wraps next so that it runs only for a request carrying a live key of role
 // need. It answers 401 (with WWW-Authenticate) for a missing, unknown, revoked or expired
-// key, and 403 for a key of another role.
-func (kr *keyring) requireRole(need role, next http.Handler) http.Handler {
+// key, 403 for a key of another role, and 429 for an address that failed too often.
+func (g *guard) requireRole(need role, next http.Handler) http.Handler {
 	if need == rolePublic {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		secret, err := bearerToken(r.Header["Authorization"])
-		var k *keyEntry
-		if err == nil {
-			k, err = kr.authenticate(r.Context(), secret)
-		}
-		if err != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="liveops"`)
-			writeError(w, http.StatusUnauthorized, err.Error())
-			return
-		}
-		if rec, ok := w.(*responseRecorder); ok {
+		k, err := g.authorize(r.Context(), remoteIP(r.RemoteAddr), r.Header["Authorization"], need)
+		if rec, ok := w.(*responseRecorder); ok && k != nil {
 			rec.keyID = k.ID
 		}
-		if k.Role != need {
-			writeError(w, http.StatusForbidden, fmt.Sprintf(errWrongRoleFmt, need, k.Role))
+		if err != nil {
+			switch err.kind {
+			case authThrottled:
+				w.Header().Set("Retry-After", strconv.Itoa(int(err.retryAfter.Seconds()+0.999)))
+				writeError(w, http.StatusTooManyRequests, err.msg)
+			case authForbidden:
+				writeError(w, http.StatusForbidden, err.msg)
+			default:
+				w.Header().Set("WWW-Authenticate", `Bearer realm="liveops"`)
+				writeError(w, http.StatusUnauthorized, err.msg)
+			}
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// remoteIP returns the IP part of a host:port address.
+func remoteIP(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+// failureLimiter counts failed authentications per client IP address in fixed windows.
+// An address with more than limit failures in one window is refused for block, whatever
+// key it sends, so nobody can try keys at full speed. Only addresses that failed are
+// tracked; while there are none, blockedFor takes no lock.
+type failureLimiter struct {
+	limit  int
+	window time.Duration
+	block  time.Duration
+	now    func() time.Time
+
+	tracked   atomic.Int64 // len(clients), read without the lock
+	mu        sync.Mutex
+	clients   map[string]*failures
+	lastSweep time.Time
+}
+
+type failures struct {
+	windowStart  time.Time
+	count        int
+	blockedUntil time.Time
+}
+
+// maxTrackedAddrs bounds the limiter's memory when failures come from very many addresses.
+const maxTrackedAddrs = 100_000
+
+func newFailureLimiter(limit int, window, block time.Duration, now func() time.Time) *failureLimiter {
+	return &failureLimiter{limit: limit, window: window, block: block, now: now, clients: map[string]*failures{}}
+}
+
+// blockedFor returns how much longer addr is refused, or 0.
+func (l *failureLimiter) blockedFor(addr string) time.Duration {
+	if l.tracked.Load() == 0 {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	l.sweepEveryWindow(now)
+	f, ok := l.clients[addr]
+	if !ok {
+		return 0
+	}
+	if d := f.blockedUntil.Sub(now); d > 0 {
+		return d
+	}
+	return 0
+}
+
+// fail records a failed authentication from addr.
+func (l *failureLimiter) fail(addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	l.sweepEveryWindow(now)
+	f, ok := l.clients[addr]
+	if !ok {
+		if len(l.clients) >= maxTrackedAddrs {
+			l.sweep(now, true)
+		}
+		f = &failures{windowStart: now}
+		l.clients[addr] = f
+		l.tracked.Store(int64(len(l.clients)))
+	}
+	if now.Sub(f.windowStart) >= l.window {
+		f.windowStart, f.count = now, 0
+	}
+	f.count++
+	if f.count > l.limit {
+		f.blockedUntil = now.Add(l.block)
+	}
+}
+
+// sweepEveryWindow sweeps once a window, so the table empties (and blockedFor stops
+// locking) soon after failures stop. l.mu must be held.
+func (l *failureLimiter) sweepEveryWindow(now time.Time) {
+	if now.Sub(l.lastSweep) >= l.window {
+		l.sweep(now, false)
+	}
+}
+
+// sweep forgets addresses whose window and block are over; if the table is still full and
+// full is set, it forgets every address that is not blocked. l.mu must be held.
+func (l *failureLimiter) sweep(now time.Time, full bool) {
+	l.lastSweep = now
+	for addr, f := range l.clients {
+		if now.Sub(f.windowStart) >= l.window && !now.Before(f.blockedUntil) {
+			delete(l.clients, addr)
+		}
+	}
+	if full && len(l.clients) >= maxTrackedAddrs {
+		for addr, f := range l.clients {
+			if !now.Before(f.blockedUntil) {
+				delete(l.clients, addr)
+			}
+		}
+	}
+	l.tracked.Store(int64(len(l.clients)))
 }
 
 // watch keeps the keyring current until ctx ends: every poll it asks SQLite whether any

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -31,10 +33,19 @@ func (e Event) activeAt(t time.Time) bool {
 const (
 	maxTitleRunes       = 100
 	maxDescriptionRunes = 1000
+	maxRewardsBytes     = 64 << 10
+	maxRewardsDepth     = 32
+)
+
+// The range of times an event may use. Anything outside is almost certainly a unit mistake
+// (seconds for milliseconds) or a client bug, and would only clutter every schedule.
+var (
+	minEventTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxEventTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
 // fieldError says which field of a request was wrong and why. It maps to gRPC
-// INVALID_ARGUMENT and HTTP 400.
+// INVALID_ARGUMENT (with a BadRequest field violation) and HTTP 400.
 type fieldError struct {
 	Field  string
 	Reason string
@@ -42,28 +53,26 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return e.Field + ": " + e.Reason }
 
-// validate checks the fields an admin supplies and normalises rewards to compact JSON.
-// It returns a *fieldError naming the first field that is wrong.
+// validate checks the fields an admin supplies and normalises them: text is trimmed of
+// surrounding white space and rewards are compacted. It returns a *fieldError naming the
+// first field that is wrong.
 func (e *Event) validate() error {
-	switch n := utf8.RuneCountInString(e.Title); {
-	case !utf8.ValidString(e.Title):
-		return &fieldError{"title", "must be valid UTF-8"}
-	case n == 0:
+	e.Title = strings.TrimSpace(e.Title)
+	e.Description = strings.TrimSpace(e.Description)
+	if err := checkText("title", e.Title, maxTitleRunes, false); err != nil {
+		return err
+	}
+	if e.Title == "" {
 		return &fieldError{"title", "is required"}
-	case n > maxTitleRunes:
-		return &fieldError{"title", fmt.Sprintf("must be at most %d characters, got %d", maxTitleRunes, n)}
 	}
-	switch n := utf8.RuneCountInString(e.Description); {
-	case !utf8.ValidString(e.Description):
-		return &fieldError{"description", "must be valid UTF-8"}
-	case n > maxDescriptionRunes:
-		return &fieldError{"description", fmt.Sprintf("must be at most %d characters, got %d", maxDescriptionRunes, n)}
+	if err := checkText("description", e.Description, maxDescriptionRunes, true); err != nil {
+		return err
 	}
-	if e.Start.IsZero() {
-		return &fieldError{"start_time", "is required"}
+	if err := checkTime("start_time", e.Start); err != nil {
+		return err
 	}
-	if e.End.IsZero() {
-		return &fieldError{"end_time", "is required"}
+	if err := checkTime("end_time", e.End); err != nil {
+		return err
 	}
 	if !e.End.After(e.Start) {
 		return &fieldError{"end_time", "must be after start_time"}
@@ -76,10 +85,51 @@ func (e *Event) validate() error {
 	return nil
 }
 
-// normalizeRewards checks that s is a JSON object or array and returns it compacted;
-// an empty s means {}.
+// checkText refuses text that is not valid UTF-8, is longer than maxRunes characters (or
+// four bytes a character), or holds a control character or a bidirectional override, which
+// can make a title display as something other than what it says. Line feeds are allowed
+// in multi-line text.
+func checkText(field, s string, maxRunes int, multiline bool) error {
+	if len(s) > 4*maxRunes {
+		return &fieldError{field, fmt.Sprintf("must be at most %d bytes, got %d", 4*maxRunes, len(s))}
+	}
+	if !utf8.ValidString(s) {
+		return &fieldError{field, "must be valid UTF-8"}
+	}
+	if n := utf8.RuneCountInString(s); n > maxRunes {
+		return &fieldError{field, fmt.Sprintf("must be at most %d characters, got %d", maxRunes, n)}
+	}
+	for i, r := range s {
+		switch {
+		case r == '\n' && multiline:
+		case r < 0x20, 0x7f <= r && r < 0xa0:
+			return &fieldError{field, fmt.Sprintf("must not contain control character %U (at byte %d)", r, i)}
+		case 0x202a <= r && r <= 0x202e, 0x2066 <= r && r <= 0x2069:
+			return &fieldError{field, fmt.Sprintf("must not contain bidirectional control %U (at byte %d)", r, i)}
+		}
+	}
+	return nil
+}
+
+// checkTime refuses a missing time or one outside [minEventTime, maxEventTime).
+func checkTime(field string, t time.Time) error {
+	if t.IsZero() {
+		return &fieldError{field, "is required"}
+	}
+	if t.Before(minEventTime) || !t.Before(maxEventTime) {
+		return &fieldError{field, fmt.Sprintf("must be between %d and %d, got %s", minEventTime.Year(), maxEventTime.Year(), t.Format(time.RFC3339))}
+	}
+	return nil
+}
+
+// normalizeRewards checks that s is a JSON object or array within the size and depth caps
+// and without duplicate object keys (which parsers resolve differently, so a client and the
+// server could disagree on a reward), and returns it compacted. An empty s means {}.
 func normalizeRewards(s string) (string, error) {
-	if len(bytes.TrimSpace([]byte(s))) == 0 {
+	if len(s) > maxRewardsBytes {
+		return "", &fieldError{"rewards", fmt.Sprintf("must be at most %d bytes, got %d", maxRewardsBytes, len(s))}
+	}
+	if strings.TrimSpace(s) == "" {
 		return "{}", nil
 	}
 	if !json.Valid([]byte(s)) {
@@ -92,7 +142,61 @@ func normalizeRewards(s string) (string, error) {
 	if c := buf.Bytes()[0]; c != '{' && c != '[' {
 		return "", &fieldError{"rewards", "must be a JSON object or array"}
 	}
+	if err := checkJSONShape(buf.Bytes()); err != nil {
+		return "", err
+	}
 	return buf.String(), nil
+}
+
+// checkJSONShape walks valid JSON and refuses nesting deeper than maxRewardsDepth and an
+// object that repeats a key.
+func checkJSONShape(data []byte) error {
+	type container struct {
+		keys    map[string]bool // nil for an array
+		wantKey bool            // in an object: the next string is a key, not a value
+	}
+	var stack []container
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return &fieldError{"rewards", "must be valid JSON"}
+		}
+		var top *container
+		if len(stack) > 0 {
+			top = &stack[len(stack)-1]
+		}
+		if s, ok := tok.(string); ok && top != nil && top.keys != nil && top.wantKey {
+			if top.keys[s] {
+				return &fieldError{"rewards", fmt.Sprintf("has the key %q twice in one object", s)}
+			}
+			top.keys[s] = true
+			top.wantKey = false
+			continue
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		// Anything else is a value; in an object, a key comes next.
+		if top != nil && top.keys != nil {
+			top.wantKey = true
+		}
+		if d, ok := tok.(json.Delim); ok {
+			if len(stack) == maxRewardsDepth {
+				return &fieldError{"rewards", fmt.Sprintf("must not nest deeper than %d levels", maxRewardsDepth)}
+			}
+			c := container{}
+			if d == '{' {
+				c = container{keys: map[string]bool{}, wantKey: true}
+			}
+			stack = append(stack, c)
+		}
+	}
 }
 
 // newID returns a random UUID version 4 in canonical lowercase form.

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -22,10 +24,11 @@ import (
 
 // newGRPCServer returns the gRPC server with the event service, health and reflection
 // registered, and every call (known or not) going through authentication and logging.
-func newGRPCServer(st *store, kr *keyring, now func() time.Time, log *slog.Logger) (*grpc.Server, *health.Server) {
+func newGRPCServer(st *store, g *guard, maxRecvBytes int, now func() time.Time, log *slog.Logger) (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
-		grpc.UnaryInterceptor(unaryInterceptor(kr, log)),
-		grpc.StreamInterceptor(streamInterceptor(kr, log)),
+		grpc.MaxRecvMsgSize(maxRecvBytes),
+		grpc.UnaryInterceptor(unaryInterceptor(g, log)),
+		grpc.StreamInterceptor(streamInterceptor(g, log)),
 		// Unknown services and methods pass through the stream interceptor like any other
 		// call, so without a key they are UNAUTHENTICATED rather than UNIMPLEMENTED.
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
@@ -128,7 +131,13 @@ func (s *eventServer) grpcError(err error) error {
 	var fe *fieldError
 	switch {
 	case errors.As(err, &fe):
-		return status.Error(codes.InvalidArgument, fe.Error())
+		st, derr := status.New(codes.InvalidArgument, fe.Error()).WithDetails(&errdetails.BadRequest{
+			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Reason}},
+		})
+		if derr != nil {
+			return status.Error(codes.InvalidArgument, fe.Error())
+		}
+		return st.Err()
 	case errors.Is(err, errNotFound):
 		return status.Error(codes.NotFound, "event not found")
 	case errors.Is(err, context.Canceled):
@@ -182,31 +191,36 @@ type keyContextKey struct{}
 
 // authorizeRPC checks the key in the call's metadata against the role the method needs and
 // returns a context carrying the key. It returns a status error: UNAUTHENTICATED for a
-// missing, unknown, revoked or expired key, PERMISSION_DENIED for a key of another role.
-func authorizeRPC(ctx context.Context, kr *keyring, method string) (context.Context, *keyEntry, error) {
+// missing, unknown, revoked or expired key, PERMISSION_DENIED for a key of another role,
+// RESOURCE_EXHAUSTED for an address that failed too often.
+func authorizeRPC(ctx context.Context, g *guard, method string) (context.Context, *keyEntry, error) {
 	need := rpcRole(method)
 	if need == rolePublic {
 		return ctx, nil, nil
 	}
+	var addr string
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = remoteIP(p.Addr.String())
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	secret, err := bearerToken(md.Get("authorization"))
-	var k *keyEntry
-	if err == nil {
-		k, err = kr.authenticate(ctx, secret)
-	}
+	k, err := g.authorize(ctx, addr, md.Get("authorization"), need)
 	if err != nil {
-		return ctx, nil, status.Error(codes.Unauthenticated, err.Error())
-	}
-	if k.Role != need {
-		return ctx, k, status.Errorf(codes.PermissionDenied, errWrongRoleFmt, need, k.Role)
+		code := codes.Unauthenticated
+		switch err.kind {
+		case authForbidden:
+			code = codes.PermissionDenied
+		case authThrottled:
+			code = codes.ResourceExhausted
+		}
+		return ctx, k, status.Error(code, err.msg)
 	}
 	return context.WithValue(ctx, keyContextKey{}, k), k, nil
 }
 
-func unaryInterceptor(kr *keyring, log *slog.Logger) grpc.UnaryServerInterceptor {
+func unaryInterceptor(g *guard, log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
-		ctx, k, err := authorizeRPC(ctx, kr, info.FullMethod)
+		ctx, k, err := authorizeRPC(ctx, g, info.FullMethod)
 		var resp any
 		if err == nil {
 			resp, err = handler(ctx, req)
@@ -216,10 +230,10 @@ func unaryInterceptor(kr *keyring, log *slog.Logger) grpc.UnaryServerInterceptor
 	}
 }
 
-func streamInterceptor(kr *keyring, log *slog.Logger) grpc.StreamServerInterceptor {
+func streamInterceptor(g *guard, log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		start := time.Now()
-		ctx, k, err := authorizeRPC(ss.Context(), kr, info.FullMethod)
+		ctx, k, err := authorizeRPC(ss.Context(), g, info.FullMethod)
 		if err == nil {
 			err = handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 		}

@@ -24,6 +24,21 @@ type config struct {
 	tlsKey          string
 	reloadInterval  time.Duration
 	shutdownTimeout time.Duration
+	limits          limits
+}
+
+// limits bound what one client can make the server hold or do.
+type limits struct {
+	readHeaderTimeout time.Duration
+	readTimeout       time.Duration
+	writeTimeout      time.Duration
+	idleTimeout       time.Duration
+	maxHeaderBytes    int
+	http2MaxStreams   int
+	grpcMaxRecvBytes  int
+	authFailLimit     int
+	authFailWindow    time.Duration
+	authBlock         time.Duration
 }
 
 // parseConfig reads flags, each falling back to an environment variable, then a default.
@@ -43,6 +58,17 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("LIVEOPS_TLS_KEY"), "TLS private key file (env LIVEOPS_TLS_KEY)")
 	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key changes made by other processes")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
+	l := &cfg.limits
+	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
+	fs.DurationVar(&l.readTimeout, "read-timeout", 30*time.Second, "time a client has to send a whole request")
+	fs.DurationVar(&l.writeTimeout, "write-timeout", 30*time.Second, "time a response (or a gRPC stream) may take")
+	fs.DurationVar(&l.idleTimeout, "idle-timeout", 2*time.Minute, "how long an idle keep-alive connection stays open")
+	fs.IntVar(&l.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request header block accepted")
+	fs.IntVar(&l.http2MaxStreams, "http2-max-streams", 250, "concurrent HTTP/2 streams (gRPC calls) per connection")
+	fs.IntVar(&l.grpcMaxRecvBytes, "grpc-max-recv-bytes", 1<<20, "largest gRPC request message accepted")
+	fs.IntVar(&l.authFailLimit, "auth-fail-limit", 30, "failed authentications an address may make per -auth-fail-window before it is refused")
+	fs.DurationVar(&l.authFailWindow, "auth-fail-window", time.Minute, "window over which failed authentications are counted")
+	fs.DurationVar(&l.authBlock, "auth-block", 5*time.Minute, "how long an address over -auth-fail-limit is refused")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -55,8 +81,22 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
 		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
 	}
-	if cfg.reloadInterval <= 0 || cfg.shutdownTimeout <= 0 {
-		return config{}, errors.New("-reload-interval and -shutdown-timeout must be positive")
+	for name, d := range map[string]time.Duration{
+		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout,
+		"read-header-timeout": l.readHeaderTimeout, "read-timeout": l.readTimeout, "write-timeout": l.writeTimeout,
+		"idle-timeout": l.idleTimeout, "auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
+	} {
+		if d <= 0 {
+			return config{}, fmt.Errorf("-%s must be positive, got %v", name, d)
+		}
+	}
+	for name, n := range map[string]int{
+		"max-header-bytes": l.maxHeaderBytes, "http2-max-streams": l.http2MaxStreams,
+		"grpc-max-recv-bytes": l.grpcMaxRecvBytes, "auth-fail-limit": l.authFailLimit,
+	} {
+		if n <= 0 {
+			return config{}, fmt.Errorf("-%s must be positive, got %d", name, n)
+		}
 	}
 	return cfg, nil
 }
@@ -105,17 +145,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	gs, hs := newGRPCServer(st, kr, time.Now, log)
-	srv := &http.Server{
-		Handler:           newServer(st, kr, gs, time.Now, log),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		Protocols:         new(http.Protocols),
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true) // h2c: what grpcurl -plaintext and grpc-go speak
-	srv.Protocols.SetHTTP2(true)            // over TLS, when -tls-cert is given
+	lim := cfg.limits
+	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, time.Now)}
+	gs, hs := newGRPCServer(st, g, lim.grpcMaxRecvBytes, time.Now, log)
+	srv := newHTTPServer(newServer(st, g, gs, time.Now, log), lim, log)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -164,29 +197,68 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
+// newHTTPServer returns the server for both protocols, with the transport limits applied.
+// The HTTP/2 limits live here, on http.Server.HTTP2: on the ServeHTTP path gRPC's own
+// MaxConcurrentStreams option is never consulted.
+func newHTTPServer(h http.Handler, lim limits, log *slog.Logger) *http.Server {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.readHeaderTimeout,
+		ReadTimeout:       lim.readTimeout,
+		WriteTimeout:      lim.writeTimeout,
+		IdleTimeout:       lim.idleTimeout,
+		MaxHeaderBytes:    lim.maxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: lim.http2MaxStreams,
+			// A peer that stops answering pings is gone; free its streams.
+			SendPingTimeout: 30 * time.Second,
+			PingTimeout:     15 * time.Second,
+		},
+		Protocols: new(http.Protocols),
+		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true) // h2c: what grpcurl -plaintext and grpc-go speak
+	srv.Protocols.SetHTTP2(true)            // over TLS, when -tls-cert is given
+	return srv
+}
+
 // newServer builds the one handler that serves both protocols on one port: HTTP/2 requests
 // with a gRPC content type go to the gRPC server, everything else to the HTTP routes.
-func newServer(st *store, kr *keyring, gs *grpc.Server, now func() time.Time, log *slog.Logger) http.Handler {
+func newServer(st *store, g *guard, gs *grpc.Server, now func() time.Time, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, st, kr, now, log)
+	addRoutes(mux, st, g, now, log)
 	httpHandler := logRequests(log, securityHeaders(mux))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		if r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
 			gs.ServeHTTP(w, r)
 			return
 		}
-		httpHandler.ServeHTTP(w, r)
+		httpHandler.ServeHTTP(w, r) // gRPC over HTTP/1.1 gets a JSON 400 there
 	})
 }
 
+// isGRPC reports whether a Content-Type is gRPC's: application/grpc, or a subtype such as
+// application/grpc+proto.
+func isGRPC(contentType string) bool {
+	rest, ok := strings.CutPrefix(contentType, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
+}
+
 // addRoutes lists the whole HTTP API. Each route is wrapped in the role routeRoles gives it.
-func addRoutes(mux *http.ServeMux, st *store, kr *keyring, now func() time.Time, log *slog.Logger) {
+// It returns the patterns it registered.
+func addRoutes(mux *http.ServeMux, st *store, g *guard, now func() time.Time, log *slog.Logger) []string {
+	var patterns []string
 	handle := func(pattern string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
 			panic("route " + pattern + " has no entry in routeRoles")
 		}
-		mux.Handle(pattern, kr.requireRole(need, h))
+		if strings.HasPrefix(pattern, "GET ") {
+			h = refuseBody(h)
+		}
+		mux.Handle(pattern, g.requireRole(need, h))
+		patterns = append(patterns, pattern)
 	}
 	handle("GET /healthz", handleHealthz(st, log))
 	handle("GET /events", handleEvents(st, now, log))
@@ -197,13 +269,35 @@ func addRoutes(mux *http.ServeMux, st *store, kr *keyring, now func() time.Time,
 	handle("/events", handleMethodNotAllowed("GET, HEAD"))
 	handle("/events/{id}", handleMethodNotAllowed("GET, HEAD"))
 	handle("/", handleNotFound())
+	return patterns
 }
 
-// securityHeaders sets headers every HTTP response carries.
+// refuseBody answers 400 to a GET that carries a body. The body is never read, and the
+// connection is closed so that the server does not drain it either.
+func refuseBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusBadRequest, "request body not allowed on GET")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// securityHeaders sets the headers every HTTP response carries, and refuses gRPC over
+// HTTP/1.1 with a JSON error rather than letting it reach a route.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("X-Content-Type-Options", "nosniff")
+		// Responses depend on the caller's key; no shared cache may keep one unless a
+		// handler says otherwise.
+		h.Set("Cache-Control", "no-store")
+		if isGRPC(r.Header.Get("Content-Type")) {
+			writeError(w, http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS")
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }

@@ -190,6 +190,31 @@ func TestEventValidation(t *testing.T) {
 		{"rewards not JSON", func(e *Event) { e.Rewards = `{gems: 5}` }, "rewards"},
 		{"rewards a string", func(e *Event) { e.Rewards = `"gems"` }, "rewards"},
 		{"rewards a number", func(e *Event) { e.Rewards = `5` }, "rewards"},
+		{"title with NUL", func(e *Event) { e.Title = "a\x00b" }, "title"},
+		{"title with tab", func(e *Event) { e.Title = "a\tb" }, "title"},
+		{"title with newline", func(e *Event) { e.Title = "a\nb" }, "title"},
+		{"title with DEL", func(e *Event) { e.Title = "a\x7fb" }, "title"},
+		{"title with C1 control", func(e *Event) { e.Title = "a\u0085b" }, "title"},
+		{"title with RLO override", func(e *Event) { e.Title = "a\u202eb" }, "title"},
+		{"title with isolate", func(e *Event) { e.Title = "a\u2067b" }, "title"},
+		{"title with RTL mark", func(e *Event) { e.Title = "\u200fשלום" }, ""},
+		{"title only spaces", func(e *Event) { e.Title = "   " }, "title"},
+		{"description with newlines", func(e *Event) { e.Description = "line one\nline two" }, ""},
+		{"description with CR", func(e *Event) { e.Description = "a\rb" }, "description"},
+		{"description with bidi override", func(e *Event) { e.Description = "\u202d" + "x" }, "description"},
+		{"description over byte cap", func(e *Event) { e.Description = strings.Repeat("x", 4001) }, "description"},
+		{"start before 2000", func(e *Event) { e.Start = time.Date(1999, 12, 31, 23, 59, 59, 0, time.UTC) }, "start_time"},
+		{"start in 2000", func(e *Event) { e.Start = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC) }, ""},
+		{"end in 2200", func(e *Event) { e.End = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC) }, "end_time"},
+		{"epoch start", func(e *Event) { e.Start = time.Unix(0, 0).UTC() }, "start_time"},
+		{"rewards with duplicate key", func(e *Event) { e.Rewards = `{"gems":1,"gems":2}` }, "rewards"},
+		{"rewards with nested duplicate key", func(e *Event) { e.Rewards = `[{"a":{"x":1,"y":{},"x":2}}]` }, "rewards"},
+		{"rewards same key in sibling objects", func(e *Event) { e.Rewards = `[{"id":1},{"id":2}]` }, ""},
+		{"rewards value equal to a key", func(e *Event) { e.Rewards = `{"a":"a","b":"a"}` }, ""},
+		{"rewards 32 levels deep", func(e *Event) { e.Rewards = strings.Repeat("[", 32) + strings.Repeat("]", 32) }, ""},
+		{"rewards 33 levels deep", func(e *Event) { e.Rewards = strings.Repeat("[", 33) + strings.Repeat("]", 33) }, "rewards"},
+		{"rewards of 64 KiB", func(e *Event) { e.Rewards = `["` + strings.Repeat("x", 64<<10-4) + `"]` }, ""},
+		{"rewards over 64 KiB", func(e *Event) { e.Rewards = `["` + strings.Repeat("x", 64<<10-3) + `"]` }, "rewards"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,6 +231,16 @@ func TestEventValidation(t *testing.T) {
 				t.Fatalf("validate() blames %q (%v); want %q", fe.Field, err, tt.field)
 			}
 		})
+	}
+}
+
+func TestValidateTrimsText(t *testing.T) {
+	e := Event{Title: "  Festival \n", Description: "\tabout it  ", Start: t0, End: t0.Add(time.Hour)}
+	if err := e.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if e.Title != "Festival" || e.Description != "about it" {
+		t.Fatalf("title %q, description %q; want them trimmed", e.Title, e.Description)
 	}
 }
 
