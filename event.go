@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -23,6 +25,23 @@ type Event struct {
 	Rewards     string // a compact JSON object or array
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
+	Version     int64 // 1 on create, one more on every update
+}
+
+// ETag returns the event's entity tag: it changes on every write. Clients treat it as
+// opaque.
+func (e Event) ETag() string { return formatETag(e.Version) }
+
+func formatETag(version int64) string { return "v" + strconv.FormatInt(version, 10) }
+
+// fingerprint identifies the admin-supplied content of a validated event, so that a retried
+// create can be told apart from a different create reusing its request_id.
+func (e Event) fingerprint() []byte {
+	h := sha256.New()
+	for _, s := range []string{e.Title, e.Description, e.Start.Format(time.RFC3339Nano), e.End.Format(time.RFC3339Nano), e.Rewards} {
+		fmt.Fprintf(h, "%d:%s;", len(s), s)
+	}
+	return h.Sum(nil)
 }
 
 // activeAt reports whether the event is live at t: the start is inclusive, the end exclusive.

@@ -5,6 +5,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"slices"
 	"log/slog"
 	"time"
 
@@ -51,17 +54,26 @@ type eventServer struct {
 }
 
 func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEventRequest) (*eventspb.CreateEventResponse, error) {
-	e, err := eventFromRequest(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	if id := req.GetRequestId(); id != "" && !validID(id) {
+		return nil, s.grpcError(&fieldError{"request_id", "must be a lowercase UUID"})
+	}
+	e, err := eventFromFields(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	if err == nil {
+		err = e.validate()
+	}
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
 	now := s.now().UTC()
 	e.ID, e.CreatedAt, e.UpdatedAt = newID(), now, now
-	if err := s.st.CreateEvent(ctx, e); err != nil {
+	got, created, err := s.st.CreateEvent(ctx, e, req.GetRequestId(), e.fingerprint())
+	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	s.logWrite(ctx, "create", e.ID)
-	return &eventspb.CreateEventResponse{Event: toProto(e)}, nil
+	if created {
+		s.logWrite(ctx, "create", got.ID)
+	}
+	return &eventspb.CreateEventResponse{Event: toProto(got)}, nil
 }
 
 func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventRequest) (*eventspb.GetEventResponse, error) {
@@ -75,20 +87,44 @@ func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventReques
 	return &eventspb.GetEventResponse{Event: toProto(e)}, nil
 }
 
+// updatableFields are the update_mask paths UpdateEvent accepts, each with how to copy that
+// field from the request onto the stored event.
+var updatableFields = map[string]func(dst *Event, src Event){
+	"title":       func(dst *Event, src Event) { dst.Title = src.Title },
+	"description": func(dst *Event, src Event) { dst.Description = src.Description },
+	"start_time":  func(dst *Event, src Event) { dst.Start = src.Start },
+	"end_time":    func(dst *Event, src Event) { dst.End = src.End },
+	"rewards":     func(dst *Event, src Event) { dst.Rewards = src.Rewards },
+}
+
 func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEventRequest) (*eventspb.UpdateEventResponse, error) {
 	if err := checkID(req.GetId()); err != nil {
 		return nil, s.grpcError(err)
 	}
-	e, err := eventFromRequest(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	// No mask, an empty one or "*" replaces every field.
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 1 && paths[0] == "*" || len(paths) == 0 {
+		paths = slices.Sorted(maps.Keys(updatableFields))
+	}
+	for _, p := range paths {
+		if updatableFields[p] == nil {
+			return nil, s.grpcError(&fieldError{"update_mask", fmt.Sprintf("unknown path %q; want title, description, start_time, end_time or rewards", p)})
+		}
+	}
+	in, err := eventFromFields(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	e.ID, e.UpdatedAt = req.GetId(), s.now().UTC()
-	got, err := s.st.UpdateEvent(ctx, e)
+	got, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), func(e *Event) error {
+		for _, p := range paths {
+			updatableFields[p](e, in)
+		}
+		return e.validate()
+	})
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	s.logWrite(ctx, "update", e.ID)
+	s.logWrite(ctx, "update", got.ID)
 	return &eventspb.UpdateEventResponse{Event: toProto(got)}, nil
 }
 
@@ -96,7 +132,7 @@ func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEvent
 	if err := checkID(req.GetId()); err != nil {
 		return nil, s.grpcError(err)
 	}
-	if err := s.st.DeleteEvent(ctx, req.GetId()); err != nil {
+	if err := s.st.DeleteEvent(ctx, req.GetId(), req.GetEtag()); err != nil {
 		return nil, s.grpcError(err)
 	}
 	s.logWrite(ctx, "delete", req.GetId())
@@ -140,6 +176,16 @@ func (s *eventServer) grpcError(err error) error {
 		return st.Err()
 	case errors.Is(err, errNotFound):
 		return status.Error(codes.NotFound, "event not found")
+	case errors.Is(err, errStale):
+		return status.Error(codes.Aborted, err.Error()+"; read it again and retry")
+	case errors.Is(err, errRequestReused):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, errBusy):
+		s.log.Warn("write timed out waiting for the database lock", "err", err)
+		return status.Error(codes.Unavailable, "the database is busy; retry shortly")
+	case errors.Is(err, errFull):
+		s.log.Error("database full", "err", err)
+		return status.Error(codes.ResourceExhausted, "storage is full; the write was not saved")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
@@ -149,17 +195,15 @@ func (s *eventServer) grpcError(err error) error {
 	return status.Error(codes.Internal, "internal error")
 }
 
-// eventFromRequest builds and validates an event from the fields of a create or update.
-func eventFromRequest(title, description string, start, end *timestamppb.Timestamp, rewards string) (Event, error) {
+// eventFromFields builds an event from the fields of a create or update. Only the
+// timestamps are checked here; the caller validates the event once it is complete.
+func eventFromFields(title, description string, start, end *timestamppb.Timestamp, rewards string) (Event, error) {
 	e := Event{Title: title, Description: description, Rewards: rewards}
 	var err error
 	if e.Start, err = fromTimestamp("start_time", start); err != nil {
 		return Event{}, err
 	}
 	if e.End, err = fromTimestamp("end_time", end); err != nil {
-		return Event{}, err
-	}
-	if err := e.validate(); err != nil {
 		return Event{}, err
 	}
 	return e, nil
@@ -183,6 +227,7 @@ func toProto(e Event) *eventspb.Event {
 		StartTime: timestamppb.New(e.Start), EndTime: timestamppb.New(e.End),
 		Rewards:   e.Rewards,
 		CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt),
+		Etag: e.ETag(),
 	}
 }
 

@@ -21,13 +21,14 @@ type eventJSON struct {
 	Rewards     json.RawMessage `json:"rewards"`
 	CreatedAt   time.Time       `json:"created_at"`
 	UpdatedAt   time.Time       `json:"updated_at"`
+	ETag        string          `json:"etag"`
 }
 
 func toJSON(e Event) eventJSON {
 	return eventJSON{
 		ID: e.ID, Title: e.Title, Description: e.Description,
 		StartTime: e.Start, EndTime: e.End, Rewards: json.RawMessage(e.Rewards),
-		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
+		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, ETag: e.ETag(),
 	}
 }
 

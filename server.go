@@ -24,6 +24,7 @@ type config struct {
 	tlsKey          string
 	reloadInterval  time.Duration
 	shutdownTimeout time.Duration
+	busyTimeout     time.Duration
 	limits          limits
 }
 
@@ -47,8 +48,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs := flag.NewFlagSet("liveops", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: liveops [flags]            serve HTTP and gRPC on one port\n"+
-			"       liveops keys create|list|revoke   manage API keys (liveops keys -h)\n\nflags:\n")
+		fmt.Fprint(stderr, "usage: liveops [flags]                    serve HTTP and gRPC on one port\n"+
+			"       liveops keys create|list|revoke   manage API keys (liveops keys -h)\n"+
+			"       liveops backup [-db FILE] OUT.db  copy the database while it is in use\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "LIVEOPS_ADDR", ":8080"), "listen address (env LIVEOPS_ADDR)")
@@ -58,6 +60,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("LIVEOPS_TLS_KEY"), "TLS private key file (env LIVEOPS_TLS_KEY)")
 	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key changes made by other processes")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
+	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
 	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
 	fs.DurationVar(&l.readTimeout, "read-timeout", 30*time.Second, "time a client has to send a whole request")
@@ -82,7 +85,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
 	}
 	for name, d := range map[string]time.Duration{
-		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout,
+		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout, "busy-timeout": cfg.busyTimeout,
 		"read-header-timeout": l.readHeaderTimeout, "read-timeout": l.readTimeout, "write-timeout": l.writeTimeout,
 		"idle-timeout": l.idleTimeout, "auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
 	} {
@@ -124,8 +127,13 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 // down in order: stop taking requests and let in-flight ones finish, stop gRPC, close the
 // database.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) > 1 && args[1] == "keys" {
-		return runKeys(ctx, args[2:], getenv, stdout, stderr)
+	if len(args) > 1 {
+		switch args[1] {
+		case "keys":
+			return runKeys(ctx, args[2:], getenv, stdout, stderr)
+		case "backup":
+			return runBackup(ctx, args[2:], getenv, stderr)
+		}
 	}
 	cfg, err := parseConfig(args[1:], getenv, stderr)
 	if err != nil {
@@ -133,7 +141,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := newLogger(cfg.logFormat, stderr)
 
-	st, err := openStore(ctx, cfg.db)
+	st, err := openStore(ctx, cfg.db, fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
 	if err != nil {
 		return err
 	}

@@ -1,15 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // errNotFound is returned by store methods when the event or key asked for does not exist.
@@ -24,8 +30,12 @@ type store struct {
 }
 
 // openStore opens (creating if needed) the SQLite database at path and migrates it to the
-// current schema.
-func openStore(ctx context.Context, path string) (*store, error) {
+// current schema. Extra pragmas, such as "busy_timeout(200)", run on every connection
+// after the defaults and so override them.
+func openStore(ctx context.Context, path string, pragmas ...string) (*store, error) {
+	if err := checkDatabaseDir(path); err != nil {
+		return nil, err
+	}
 	// The pragmas go in the DSN, not in db.Exec, because database/sql pools connections and an
 	// Exec reaches only one of them.
 	//   journal_mode(WAL): readers never block the writer, nor the writer readers.
@@ -39,19 +49,79 @@ func openStore(ctx context.Context, path string) (*store, error) {
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "foreign_keys(1)")
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
 
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
-		return nil, fmt.Errorf("open database: %w", err)
+		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	st := &store{db: db}
 	if err := st.migrate(ctx); err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	return st, nil
+}
+
+// checkDatabaseDir makes sure the directory that will hold the database exists and takes
+// new files: SQLite creates the -wal and -shm files beside the database, and otherwise
+// fails later with a vaguer "unable to open database file".
+func checkDatabaseDir(path string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("database directory %s does not exist", dir)
+	case err != nil:
+		return fmt.Errorf("database directory %s: %w", dir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("database directory %s is not a directory", dir)
+	}
+	f, err := os.CreateTemp(dir, ".liveops-probe-*")
+	if err != nil {
+		return fmt.Errorf("database directory %s is not writable", dir)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
+}
+
+// Backup writes a consistent copy of the database to path, which must not exist, while
+// other connections keep reading and writing.
+func (st *store) Backup(ctx context.Context, path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("backup: %s already exists", path)
+	}
+	if err := checkDatabaseDir(path); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	if _, err := st.db.ExecContext(ctx, `VACUUM INTO ?`, path); err != nil {
+		return storeError("backup", err)
+	}
+	return nil
+}
+
+// integrityCheck runs PRAGMA integrity_check and returns its verdict: "ok" when the file is
+// sound.
+func (st *store) integrityCheck(ctx context.Context) (string, error) {
+	rows, err := st.db.QueryContext(ctx, `PRAGMA integrity_check`)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return "", err
+		}
+		lines = append(lines, line)
+	}
+	return strings.Join(lines, "\n"), rows.Err()
 }
 
 // Close closes the database.
@@ -84,6 +154,15 @@ var migrations = []string{
 		revoked_at   INTEGER,
 		expires_at   INTEGER
 	);`,
+	// 2: etags (a version bumped on every write) and idempotent creates.
+	`ALTER TABLE events ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+	CREATE TABLE create_requests (
+		request_id  TEXT PRIMARY KEY,
+		fingerprint BLOB NOT NULL,
+		event_id    TEXT NOT NULL,
+		created_at  INTEGER NOT NULL
+	);
+	CREATE INDEX create_requests_by_time ON create_requests (created_at);`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
@@ -120,7 +199,7 @@ func (st *store) ping(ctx context.Context) error {
 	return st.db.QueryRowContext(ctx, "SELECT 1 FROM sqlite_schema LIMIT 1").Scan(&one)
 }
 
-const eventColumns = "id, title, description, start_time, end_time, rewards, created_at, updated_at"
+const eventColumns = "id, title, description, start_time, end_time, rewards, created_at, updated_at, version"
 
 // scanner is the part of *sql.Row and *sql.Rows that scanEvent needs.
 type scanner interface{ Scan(dest ...any) error }
@@ -128,7 +207,7 @@ type scanner interface{ Scan(dest ...any) error }
 func scanEvent(s scanner) (Event, error) {
 	var e Event
 	var start, end, created, updated int64
-	if err := s.Scan(&e.ID, &e.Title, &e.Description, &start, &end, &e.Rewards, &created, &updated); err != nil {
+	if err := s.Scan(&e.ID, &e.Title, &e.Description, &start, &end, &e.Rewards, &created, &updated, &e.Version); err != nil {
 		return Event{}, err
 	}
 	e.Start, e.End = fromNanos(start), fromNanos(end)
@@ -138,16 +217,92 @@ func scanEvent(s scanner) (Event, error) {
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 
-// CreateEvent stores a new event. The caller has validated it and set its id and times.
-func (st *store) CreateEvent(ctx context.Context, e Event) error {
-	_, err := st.db.ExecContext(ctx,
-		`INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.ID, e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards,
-		e.CreatedAt.UnixNano(), e.UpdatedAt.UnixNano())
-	if err != nil {
-		return fmt.Errorf("create event: %w", err)
+// Errors from event writes, beyond errNotFound.
+var (
+	// errStale: the caller's etag is not the event's current one.
+	errStale = errors.New("etag does not match: the event changed since it was read")
+	// errRequestReused: a create's request_id was used before for a different request.
+	errRequestReused = errors.New("request_id was already used for a different request")
+	// errBusy: another writer held the database for longer than busy_timeout.
+	errBusy = errors.New("database is busy")
+	// errFull: the disk (or the database's page limit) is full.
+	errFull = errors.New("database or disk is full")
+)
+
+// storeError turns SQLite's busy and full conditions into errBusy and errFull, so callers
+// can answer UNAVAILABLE or RESOURCE_EXHAUSTED, and wraps everything with op.
+func storeError(op string, err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return fmt.Errorf("%s: %w (%v)", op, errBusy, err)
+		case sqlite3.SQLITE_FULL:
+			return fmt.Errorf("%s: %w (%v)", op, errFull, err)
+		}
 	}
-	return nil
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// createRequestTTL is how long a create's request_id is remembered. The promise to clients
+// is 24 hours; keeping them a week costs little and covers a retry queue stuck over a weekend.
+const createRequestTTL = 7 * 24 * time.Hour
+
+// CreateEvent stores a new event. The caller has validated it and set its id and times.
+//
+// A non-empty requestID makes the create idempotent: when it was seen before with the same
+// fingerprint (a hash of the request), CreateEvent stores nothing and returns the event that
+// request created, with created false; with another fingerprint it returns errRequestReused.
+func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fingerprint []byte) (got Event, created bool, err error) {
+	tx, err := st.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Event{}, false, storeError("create event", err)
+	}
+	defer tx.Rollback()
+
+	if requestID != "" {
+		var seen []byte
+		var eventID string
+		err := tx.QueryRowContext(ctx, `SELECT fingerprint, event_id FROM create_requests WHERE request_id = ?`, requestID).Scan(&seen, &eventID)
+		switch {
+		case err == nil && !bytes.Equal(seen, fingerprint):
+			return Event{}, false, errRequestReused
+		case err == nil:
+			e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, eventID))
+			if errors.Is(err, sql.ErrNoRows) {
+				return Event{}, false, errNotFound // created, then deleted
+			}
+			if err != nil {
+				return Event{}, false, storeError("create event", err)
+			}
+			return e, false, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return Event{}, false, storeError("create event", err)
+		}
+	}
+
+	e.Version = 1
+	if _, err := tx.ExecContext(ctx,
+		`INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.ID, e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards,
+		e.CreatedAt.UnixNano(), e.UpdatedAt.UnixNano(), e.Version); err != nil {
+		return Event{}, false, storeError("create event", err)
+	}
+	if requestID != "" {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO create_requests (request_id, fingerprint, event_id, created_at) VALUES (?, ?, ?, ?)`,
+			requestID, fingerprint, e.ID, e.CreatedAt.UnixNano()); err != nil {
+			return Event{}, false, storeError("create event", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM create_requests WHERE created_at < ?`,
+			e.CreatedAt.Add(-createRequestTTL).UnixNano()); err != nil {
+			return Event{}, false, storeError("create event", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return Event{}, false, storeError("create event", err)
+	}
+	return e, true, nil
 }
 
 // Event returns the event with the given id, or errNotFound.
@@ -157,37 +312,79 @@ func (st *store) Event(ctx context.Context, id string) (Event, error) {
 		return Event{}, errNotFound
 	}
 	if err != nil {
-		return Event{}, fmt.Errorf("get event: %w", err)
+		return Event{}, storeError("get event", err)
 	}
 	return e, nil
 }
 
-// UpdateEvent replaces the event's fields but id and created_at, and returns the event as
-// stored, or errNotFound.
-func (st *store) UpdateEvent(ctx context.Context, e Event) (Event, error) {
-	got, err := scanEvent(st.db.QueryRowContext(ctx,
-		`UPDATE events SET title = ?, description = ?, start_time = ?, end_time = ?, rewards = ?, updated_at = ?
-		WHERE id = ? RETURNING `+eventColumns,
-		e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards, e.UpdatedAt.UnixNano(), e.ID))
+// UpdateEvent changes the event with the given id: change receives the event as stored and
+// edits it in place (returning an error to refuse). When etag is not empty it must be the
+// event's current one, or UpdateEvent returns errStale and changes nothing. It returns the
+// event as stored after the write, with a new version, or errNotFound.
+func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, change func(*Event) error) (Event, error) {
+	tx, err := st.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Event{}, storeError("update event", err)
+	}
+	defer tx.Rollback()
+
+	e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Event{}, errNotFound
 	}
 	if err != nil {
-		return Event{}, fmt.Errorf("update event: %w", err)
+		return Event{}, storeError("update event", err)
 	}
-	return got, nil
+	if etag != "" && etag != e.ETag() {
+		return Event{}, errStale
+	}
+	read, created := e.Version, e.CreatedAt
+	if err := change(&e); err != nil {
+		return Event{}, err
+	}
+	e.ID, e.CreatedAt, e.UpdatedAt, e.Version = id, created, now, read+1
+	// The write lock is held since BEGIN IMMEDIATE, so the version cannot have moved; the
+	// condition is still in the UPDATE so that it alone would be enough.
+	res, err := tx.ExecContext(ctx,
+		`UPDATE events SET title = ?, description = ?, start_time = ?, end_time = ?, rewards = ?, updated_at = ?, version = ?
+		WHERE id = ? AND version = ?`,
+		e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards, e.UpdatedAt.UnixNano(), e.Version, id, read)
+	if err != nil {
+		return Event{}, storeError("update event", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return Event{}, errStale
+	}
+	if err := tx.Commit(); err != nil {
+		return Event{}, storeError("update event", err)
+	}
+	return e, nil
 }
 
-// DeleteEvent removes the event, or returns errNotFound.
-func (st *store) DeleteEvent(ctx context.Context, id string) error {
-	res, err := st.db.ExecContext(ctx, `DELETE FROM events WHERE id = ?`, id)
+// DeleteEvent removes the event, or returns errNotFound. When etag is not empty it must be
+// the event's current one, or DeleteEvent returns errStale and deletes nothing.
+func (st *store) DeleteEvent(ctx context.Context, id, etag string) error {
+	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("delete event: %w", err)
+		return storeError("delete event", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("delete event: %w", err)
-	} else if n == 0 {
+	defer tx.Rollback()
+	var version int64
+	err = tx.QueryRowContext(ctx, `SELECT version FROM events WHERE id = ?`, id).Scan(&version)
+	if errors.Is(err, sql.ErrNoRows) {
 		return errNotFound
+	}
+	if err != nil {
+		return storeError("delete event", err)
+	}
+	if etag != "" && etag != formatETag(version) {
+		return errStale
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, version); err != nil {
+		return storeError("delete event", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return storeError("delete event", err)
 	}
 	return nil
 }

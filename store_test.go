@@ -30,10 +30,11 @@ func mustCreate(t *testing.T, st *store, title string, start, end time.Time) Eve
 	if err := e.validate(); err != nil {
 		t.Fatalf("validate %q: %v", title, err)
 	}
-	if err := st.CreateEvent(context.Background(), e); err != nil {
+	got, _, err := st.CreateEvent(context.Background(), e, "", nil)
+	if err != nil {
 		t.Fatalf("CreateEvent %q: %v", title, err)
 	}
-	return e
+	return got
 }
 
 func titles(events []Event) string {
@@ -56,8 +57,13 @@ func TestStoreEventCRUD(t *testing.T) {
 	if err := e.validate(); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.CreateEvent(ctx, e); err != nil {
-		t.Fatal(err)
+	created, isNew, err := st.CreateEvent(ctx, e, "", nil)
+	if err != nil || !isNew {
+		t.Fatal(err, isNew)
+	}
+	e.Version = 1
+	if created != e {
+		t.Fatalf("CreateEvent = %+v; want %+v", created, e)
 	}
 	got, err := st.Event(ctx, e.ID)
 	if err != nil {
@@ -70,35 +76,109 @@ func TestStoreEventCRUD(t *testing.T) {
 		t.Errorf("rewards stored as %q; want compact JSON", got.Rewards)
 	}
 
-	upd := e
-	upd.Title, upd.Description, upd.Rewards = "Winter Festival II", "", "[1,2]"
-	upd.Start, upd.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
-	upd.UpdatedAt = t0.Add(time.Minute)
-	upd.CreatedAt = time.Time{} // an update must not touch created_at
-	got, err = st.UpdateEvent(ctx, upd)
+	var want Event
+	got, err = st.UpdateEvent(ctx, e.ID, "", t0.Add(time.Minute), func(u *Event) error {
+		u.Title, u.Description, u.Rewards = "Winter Festival II", "", "[1,2]"
+		u.Start, u.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
+		u.CreatedAt = time.Time{} // an update must not touch created_at
+		want = *u
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := upd
-	want.CreatedAt = t0
-	if got != want {
-		t.Fatalf("UpdateEvent = %+v; want %+v", got, want)
+	want.CreatedAt, want.UpdatedAt, want.Version = t0, t0.Add(time.Minute), 2
+	if got != want || got.ETag() == e.ETag() {
+		t.Fatalf("UpdateEvent = %+v; want %+v with a new etag", got, want)
 	}
 	if again, _ := st.Event(ctx, e.ID); again != want {
 		t.Fatalf("Event after update = %+v; want %+v", again, want)
 	}
 
-	if err := st.DeleteEvent(ctx, e.ID); err != nil {
+	// A refused change leaves the event as it was.
+	refuse := errors.New("no")
+	if _, err := st.UpdateEvent(ctx, e.ID, "", t0, func(u *Event) error { u.Title = "changed"; return refuse }); err != refuse {
+		t.Fatalf("UpdateEvent with a refusing change = %v", err)
+	}
+	if again, _ := st.Event(ctx, e.ID); again != want {
+		t.Fatalf("a refused update changed the event: %+v", again)
+	}
+
+	if err := st.DeleteEvent(ctx, e.ID, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Event(ctx, e.ID); !errors.Is(err, errNotFound) {
 		t.Fatalf("Event after delete: err = %v; want errNotFound", err)
 	}
-	if err := st.DeleteEvent(ctx, e.ID); !errors.Is(err, errNotFound) {
+	if err := st.DeleteEvent(ctx, e.ID, ""); !errors.Is(err, errNotFound) {
 		t.Fatalf("second DeleteEvent: err = %v; want errNotFound", err)
 	}
-	if _, err := st.UpdateEvent(ctx, upd); !errors.Is(err, errNotFound) {
+	if _, err := st.UpdateEvent(ctx, e.ID, "", t0, func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
 		t.Fatalf("UpdateEvent of deleted event: err = %v; want errNotFound", err)
+	}
+}
+
+func TestStoreETags(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	e := mustCreate(t, st, "etag", t0, t0.Add(time.Hour))
+	stale := e.ETag()
+	rename := func(title string) func(*Event) error {
+		return func(u *Event) error { u.Title = title; return nil }
+	}
+	u, err := st.UpdateEvent(ctx, e.ID, stale, t0, rename("first"))
+	if err != nil {
+		t.Fatalf("update with the current etag: %v", err)
+	}
+	if _, err := st.UpdateEvent(ctx, e.ID, stale, t0, rename("second")); !errors.Is(err, errStale) {
+		t.Fatalf("update with a stale etag: %v; want errStale", err)
+	}
+	if err := st.DeleteEvent(ctx, e.ID, stale); !errors.Is(err, errStale) {
+		t.Fatalf("delete with a stale etag: %v; want errStale", err)
+	}
+	if got, _ := st.Event(ctx, e.ID); got.Title != "first" || got.Version != 2 {
+		t.Fatalf("after stale writes: %+v; want title first, version 2", got)
+	}
+	if err := st.DeleteEvent(ctx, e.ID, u.ETag()); err != nil {
+		t.Fatalf("delete with the current etag: %v", err)
+	}
+}
+
+func TestStoreIdempotentCreate(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	e := Event{ID: newID(), Title: "once", Start: t0, End: t0.Add(time.Hour), CreatedAt: t0, UpdatedAt: t0}
+	e.validate()
+	req := newID()
+	first, created, err := st.CreateEvent(ctx, e, req, e.fingerprint())
+	if err != nil || !created {
+		t.Fatalf("first create: %v, created=%v", err, created)
+	}
+	retry := e
+	retry.ID = newID() // a retry gets a fresh id from the server, which must not be used
+	again, created, err := st.CreateEvent(ctx, retry, req, retry.fingerprint())
+	if err != nil || created || again != first {
+		t.Fatalf("retry: %+v, created=%v, %v; want the first event back", again, created, err)
+	}
+	other := e
+	other.Title = "different"
+	if _, _, err := st.CreateEvent(ctx, other, req, other.fingerprint()); !errors.Is(err, errRequestReused) {
+		t.Fatalf("reused request_id with another body: %v; want errRequestReused", err)
+	}
+	if all, _ := st.Events(ctx); len(all) != 1 {
+		t.Fatalf("%d events stored; want 1", len(all))
+	}
+
+	// Request ids are forgotten only long after the 24 hours promised.
+	later := e
+	later.ID, later.CreatedAt = newID(), t0.Add(createRequestTTL+time.Hour)
+	if _, _, err := st.CreateEvent(ctx, later, newID(), later.fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	st.db.QueryRowContext(ctx, `SELECT count(*) FROM create_requests WHERE request_id = ?`, req).Scan(&n)
+	if n != 0 {
+		t.Fatalf("request id older than the TTL was kept")
 	}
 }
 

@@ -14,6 +14,7 @@ package eventspb
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -38,9 +39,12 @@ type Event struct {
 	StartTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// rewards is a JSON document (an object or an array), as text.
-	Rewards       string                 `protobuf:"bytes,6,opt,name=rewards,proto3" json:"rewards,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	Rewards   string                 `protobuf:"bytes,6,opt,name=rewards,proto3" json:"rewards,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// etag changes on every write. Send it back with an update or delete to make the write
+	// conditional: if the event changed in between, the call fails with ABORTED.
+	Etag          string `protobuf:"bytes,9,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -131,6 +135,13 @@ func (x *Event) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Event) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
 type CreateEventRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Title       string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
@@ -138,7 +149,12 @@ type CreateEventRequest struct {
 	StartTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// rewards is a JSON object or array; empty means {}.
-	Rewards       string `protobuf:"bytes,5,opt,name=rewards,proto3" json:"rewards,omitempty"`
+	Rewards string `protobuf:"bytes,5,opt,name=rewards,proto3" json:"rewards,omitempty"`
+	// request_id (optional, a UUID the client chooses) makes a retry safe: a create with a
+	// request_id seen in the last 24 hours (at least) and the same fields returns the event
+	// the first call created instead of creating another; with different fields it fails
+	// with ALREADY_EXISTS.
+	RequestId     string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -204,6 +220,13 @@ func (x *CreateEventRequest) GetEndTime() *timestamppb.Timestamp {
 func (x *CreateEventRequest) GetRewards() string {
 	if x != nil {
 		return x.Rewards
+	}
+	return ""
+}
+
+func (x *CreateEventRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -340,15 +363,21 @@ func (x *GetEventResponse) GetEvent() *Event {
 	return nil
 }
 
-// UpdateEventRequest replaces every field of the event but its id and created_at.
+// UpdateEventRequest replaces every field of the event but its id and created_at, or with
+// update_mask only the fields it names.
 type UpdateEventRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Title         string                 `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
-	Description   string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	Rewards       string                 `protobuf:"bytes,6,opt,name=rewards,proto3" json:"rewards,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Title       string                 `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	Description string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	StartTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Rewards     string                 `protobuf:"bytes,6,opt,name=rewards,proto3" json:"rewards,omitempty"`
+	// etag (optional): the event's etag as last read; if it changed since, ABORTED.
+	Etag string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
+	// update_mask (optional) names the fields to change: title, description, start_time,
+	// end_time, rewards. Other paths are INVALID_ARGUMENT.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,8,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +454,20 @@ func (x *UpdateEventRequest) GetRewards() string {
 	return ""
 }
 
+func (x *UpdateEventRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *UpdateEventRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 type UpdateEventResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
@@ -470,8 +513,10 @@ func (x *UpdateEventResponse) GetEvent() *Event {
 }
 
 type DeleteEventRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// etag (optional): the event's etag as last read; if it changed since, ABORTED.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -509,6 +554,13 @@ func (*DeleteEventRequest) Descriptor() ([]byte, []int) {
 func (x *DeleteEventRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteEventRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -644,7 +696,7 @@ var File_events_proto protoreflect.FileDescriptor
 const file_events_proto_rawDesc = "" +
 	"\n" +
 	"\fevents.proto\x12\n" +
-	"liveops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n" +
+	"liveops.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -656,20 +708,23 @@ const file_events_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xd8\x01\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x12\n" +
+	"\x04etag\x18\t \x01(\tR\x04etag\"\xf7\x01\n" +
 	"\x12CreateEventRequest\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x129\n" +
 	"\n" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x18\n" +
-	"\arewards\x18\x05 \x01(\tR\arewards\">\n" +
+	"\arewards\x18\x05 \x01(\tR\arewards\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\">\n" +
 	"\x13CreateEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"!\n" +
 	"\x0fGetEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\";\n" +
 	"\x10GetEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"\xe8\x01\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"\xb9\x02\n" +
 	"\x12UpdateEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -677,11 +732,15 @@ const file_events_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x18\n" +
-	"\arewards\x18\x06 \x01(\tR\arewards\">\n" +
+	"\arewards\x18\x06 \x01(\tR\arewards\x12\x12\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\x12;\n" +
+	"\vupdate_mask\x18\b \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\">\n" +
 	"\x13UpdateEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"$\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"8\n" +
 	"\x12DeleteEventRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"/\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"/\n" +
 	"\x13DeleteEventResponse\x12\x18\n" +
 	"\asuccess\x18\x01 \x01(\bR\asuccess\"\x13\n" +
 	"\x11ListEventsRequest\"?\n" +
@@ -721,6 +780,7 @@ var file_events_proto_goTypes = []any{
 	(*ListEventsRequest)(nil),     // 9: liveops.v1.ListEventsRequest
 	(*ListEventsResponse)(nil),    // 10: liveops.v1.ListEventsResponse
 	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 12: google.protobuf.FieldMask
 }
 var file_events_proto_depIdxs = []int32{
 	11, // 0: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
@@ -733,23 +793,24 @@ var file_events_proto_depIdxs = []int32{
 	0,  // 7: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
 	11, // 8: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
 	11, // 9: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 10: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
-	0,  // 11: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
-	1,  // 12: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
-	3,  // 13: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
-	5,  // 14: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
-	7,  // 15: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
-	9,  // 16: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
-	2,  // 17: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
-	4,  // 18: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
-	6,  // 19: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
-	8,  // 20: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
-	10, // 21: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	12, // 10: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 11: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
+	0,  // 12: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
+	1,  // 13: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
+	3,  // 14: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
+	5,  // 15: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
+	7,  // 16: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
+	9,  // 17: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
+	2,  // 18: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
+	4,  // 19: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
+	6,  // 20: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
+	8,  // 21: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
+	10, // 22: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }

@@ -6,9 +6,40 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 )
+
+// backupUsage is printed for a malformed `liveops backup`.
+const backupUsage = `usage: liveops backup [-db FILE] OUT.db
+`
+
+// runBackup writes a consistent copy of the database to a new file while a server may be
+// running against it.
+func runBackup(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("liveops backup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, backupUsage); fs.PrintDefaults() }
+	var db string
+	dbFlag(fs, &db, getenv)
+	if err := parseInterspersed(fs, args, 1); err != nil {
+		return err
+	}
+	if _, err := os.Stat(db); err != nil {
+		return fmt.Errorf("backup: database %s: %w", db, err)
+	}
+	st, err := openStore(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.Backup(ctx, fs.Arg(0)); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "backed up %s to %s\n", db, fs.Arg(0))
+	return nil
+}
 
 const keysUsage = `usage:
   liveops keys create -role http_user|grpc_admin [-name NAME] [-expires DURATION] [-db FILE]
