@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,14 +45,14 @@ func openStore(ctx context.Context, path string, pragmas ...string) (*store, err
 	//   foreign_keys(1): SQLite leaves them off unless asked.
 	// _txlock=immediate makes BEGIN take the write lock up front, so two read-then-write
 	// transactions cannot deadlock by both upgrading a shared lock.
-	q := url.Values{}
-	q.Add("_pragma", "busy_timeout(5000)")
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(FULL)")
-	q.Add("_pragma", "foreign_keys(1)")
+	all := []string{"busy_timeout(5000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"}
 	for _, p := range pragmas {
-		q.Add("_pragma", p)
+		// The driver sorts pragmas, so an override must replace the default, not follow it.
+		name, _, _ := strings.Cut(p, "(")
+		all = slices.DeleteFunc(all, func(d string) bool { return strings.HasPrefix(d, name+"(") })
+		all = append(all, p)
 	}
+	q := url.Values{"_pragma": all}
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
 
