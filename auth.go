@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -536,56 +535,3 @@ func (l *failureLimiter) sweep(now time.Time, full bool) {
 	l.tracked.Store(int64(len(l.clients)))
 }
 
-// watch keeps the keyring current until ctx ends: every poll it asks SQLite whether any
-// connection (in this process or another) committed a change, and reloads the keys if so.
-// Every flushEvery it writes key usage to the database. It flushes once more on the way out.
-func (kr *keyring) watch(ctx context.Context, log *slog.Logger, poll, flushEvery time.Duration) {
-	flushed := map[string]int64{}
-	defer func() {
-		// The server's context is done; give the last flush its own short deadline.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		if err := kr.flushUsage(fctx, flushed); err != nil {
-			log.Error("flush key usage", "err", err)
-		}
-	}()
-
-	conn, err := kr.st.db.Conn(ctx)
-	if err != nil {
-		log.Error("watch keys: no connection", "err", err)
-		return
-	}
-	defer conn.Close()
-	last, err := dataVersion(ctx, conn)
-	if err != nil {
-		log.Error("watch keys", "err", err)
-	}
-
-	pollTick := time.NewTicker(poll)
-	defer pollTick.Stop()
-	flushTick := time.NewTicker(flushEvery)
-	defer flushTick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-flushTick.C:
-			if err := kr.flushUsage(ctx, flushed); err != nil {
-				log.Error("flush key usage", "err", err)
-			}
-		case <-pollTick.C:
-			v, err := dataVersion(ctx, conn)
-			if err != nil {
-				log.Error("watch keys", "err", err)
-				continue
-			}
-			if v == last {
-				continue
-			}
-			last = v
-			if err := kr.reload(ctx); err != nil {
-				log.Error("reload keys", "err", err)
-			}
-		}
-	}
-}

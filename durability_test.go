@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"liveops/eventspb"
@@ -240,7 +241,11 @@ func TestDiskFull(t *testing.T) {
 	}
 	defer st.Close()
 	st.db.SetMaxOpenConns(1) // one connection, so raising the cap below reaches it
-	srv := &eventServer{st: st, now: time.Now, log: newLogger("text", io.Discard)}
+	rm, err := newReadModel(ctx, st, time.Now, newLogger("text", io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &eventServer{st: st, rm: rm, now: time.Now, log: newLogger("text", io.Discard)}
 
 	big := `["` + strings.Repeat("x", 60<<10) + `"]`
 	var stored int
@@ -257,6 +262,7 @@ func TestDiskFull(t *testing.T) {
 		}
 	}
 	list, err := srv.ListEvents(ctx, &eventspb.ListEventsRequest{})
+	list = roundTrip(t, list) // as a client receives it
 	if err != nil || len(list.GetEvents()) != stored {
 		t.Fatalf("read when full: %d events, %v; want %d", len(list.GetEvents()), err, stored)
 	}
@@ -360,6 +366,20 @@ func TestBackupWhileServing(t *testing.T) {
 	}
 }
 
+// roundTrip encodes and decodes m, as sending it over gRPC does.
+func roundTrip[M proto.Message](t *testing.T, m M) M {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := m.ProtoReflect().New().Interface().(M)
+	if err := proto.Unmarshal(b, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // dialGRPC connects a new client to addr.
 func dialGRPC(t *testing.T, addr string) (*grpc.ClientConn, eventspb.EventServiceClient) {
 	t.Helper()
@@ -439,7 +459,7 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 		if v, err := st.integrityCheck(context.Background()); err != nil || v != "ok" {
 			t.Fatalf("round %d: integrity_check = %q, %v", round, v, err)
 		}
-		events, err := st.Events(context.Background())
+		events, _, err := st.Events(context.Background())
 		st.Close()
 		if err != nil {
 			t.Fatal(err)

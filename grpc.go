@@ -27,7 +27,7 @@ import (
 
 // newGRPCServer returns the gRPC server with the event service, health and reflection
 // registered, and every call (known or not) going through authentication and logging.
-func newGRPCServer(st *store, g *guard, maxRecvBytes int, now func() time.Time, log *slog.Logger) (*grpc.Server, *health.Server) {
+func newGRPCServer(st *store, rm *readModel, g *guard, maxRecvBytes int, now func() time.Time, log *slog.Logger) (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRecvBytes),
 		grpc.UnaryInterceptor(unaryInterceptor(g, log)),
@@ -38,7 +38,7 @@ func newGRPCServer(st *store, g *guard, maxRecvBytes int, now func() time.Time, 
 			return status.Error(codes.Unimplemented, "unknown service or method")
 		}),
 	)
-	eventspb.RegisterEventServiceServer(gs, &eventServer{st: st, now: now, log: log})
+	eventspb.RegisterEventServiceServer(gs, &eventServer{st: st, rm: rm, now: now, log: log})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs) // v1 and v1alpha
@@ -49,6 +49,7 @@ func newGRPCServer(st *store, g *guard, maxRecvBytes int, now func() time.Time, 
 type eventServer struct {
 	eventspb.UnimplementedEventServiceServer
 	st  *store
+	rm  *readModel
 	now func() time.Time
 	log *slog.Logger
 }
@@ -66,11 +67,12 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 	}
 	now := s.now().UTC()
 	e.ID, e.CreatedAt, e.UpdatedAt = newID(), now, now
-	got, created, err := s.st.CreateEvent(ctx, e, req.GetRequestId(), e.fingerprint())
+	got, gen, err := s.st.CreateEvent(ctx, e, req.GetRequestId(), e.fingerprint())
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	if created {
+	if gen != 0 { // 0: a retry, which wrote nothing
+		s.rm.applied(ctx, gen, &got, "")
 		s.logWrite(ctx, "create", got.ID)
 	}
 	return &eventspb.CreateEventResponse{Event: toProto(got)}, nil
@@ -80,11 +82,11 @@ func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventReques
 	if err := checkID(req.GetId()); err != nil {
 		return nil, s.grpcError(err)
 	}
-	e, err := s.st.Event(ctx, req.GetId())
-	if err != nil {
-		return nil, s.grpcError(err)
+	e, ok := s.rm.snapshot().get(req.GetId())
+	if !ok {
+		return nil, s.grpcError(errNotFound)
 	}
-	return &eventspb.GetEventResponse{Event: toProto(e)}, nil
+	return &eventspb.GetEventResponse{Event: toProto(e.Event)}, nil
 }
 
 // updatableFields are the update_mask paths UpdateEvent accepts, each with how to copy that
@@ -115,7 +117,7 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	got, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), func(e *Event) error {
+	got, gen, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), func(e *Event) error {
 		for _, p := range paths {
 			updatableFields[p](e, in)
 		}
@@ -124,6 +126,7 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
+	s.rm.applied(ctx, gen, &got, "")
 	s.logWrite(ctx, "update", got.ID)
 	return &eventspb.UpdateEventResponse{Event: toProto(got)}, nil
 }
@@ -132,23 +135,17 @@ func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEvent
 	if err := checkID(req.GetId()); err != nil {
 		return nil, s.grpcError(err)
 	}
-	if err := s.st.DeleteEvent(ctx, req.GetId(), req.GetEtag()); err != nil {
+	gen, err := s.st.DeleteEvent(ctx, req.GetId(), req.GetEtag())
+	if err != nil {
 		return nil, s.grpcError(err)
 	}
+	s.rm.applied(ctx, gen, nil, req.GetId())
 	s.logWrite(ctx, "delete", req.GetId())
 	return &eventspb.DeleteEventResponse{Success: true}, nil
 }
 
 func (s *eventServer) ListEvents(ctx context.Context, req *eventspb.ListEventsRequest) (*eventspb.ListEventsResponse, error) {
-	events, err := s.st.Events(ctx)
-	if err != nil {
-		return nil, s.grpcError(err)
-	}
-	resp := &eventspb.ListEventsResponse{Events: make([]*eventspb.Event, len(events))}
-	for i, e := range events {
-		resp.Events[i] = toProto(e)
-	}
-	return resp, nil
+	return s.rm.snapshot().listResponse(), nil
 }
 
 // logWrite records an admin write: who (key id), what, and which event.

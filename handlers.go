@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -32,47 +33,117 @@ func toJSON(e Event) eventJSON {
 	}
 }
 
-// handleEvents serves GET /events: the events active now.
-func handleEvents(st *store, now func() time.Time, log *slog.Logger) http.Handler {
-	type response struct {
-		Events []eventJSON `json:"events"`
-	}
+// handleEvents serves GET /events: the events active now. The answer comes encoded from
+// the read model, so a request checks the key, picks the bytes and writes them.
+func handleEvents(rm *readModel) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		events, err := st.ActiveEvents(r.Context(), now())
-		if err != nil {
-			serverError(w, log, err)
-			return
-		}
-		resp := response{Events: make([]eventJSON, 0, len(events))}
-		for _, e := range events {
-			resp.Events = append(resp.Events, toJSON(e))
-		}
-		writeJSON(w, http.StatusOK, resp)
+		now := rm.now()
+		a := rm.activeAt(now)
+		serveCached(w, r, a.resp, a.until.Sub(now))
 	})
 }
 
 // handleEvent serves GET /events/{id}. Players see an event once it has started, and after
 // it ended; an event that has not started yet is 404, so the schedule cannot be read early.
-func handleEvent(st *store, now func() time.Time, log *slog.Logger) http.Handler {
+func handleEvent(rm *readModel) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		if err := checkID(id); err != nil {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		e, err := st.Event(r.Context(), id)
-		if err == nil && now().Before(e.Start) {
-			err = errNotFound
-		}
-		switch {
-		case errors.Is(err, errNotFound):
+		now := rm.now()
+		e, ok := rm.snapshot().get(id)
+		if !ok || now.Before(e.Start) {
 			writeError(w, http.StatusNotFound, "no event with id "+id)
-		case err != nil:
-			serverError(w, log, err)
-		default:
-			writeJSON(w, http.StatusOK, toJSON(e))
+			return
 		}
+		// The answer changes when the event ends (its status, for clients that compute one)
+		// or is edited; an edit is a new snapshot entry.
+		fresh := maxCacheAge
+		if now.Before(e.End) {
+			fresh = e.End.Sub(now)
+		}
+		serveCached(w, r, e.playerResponse(), fresh)
 	})
+}
+
+// maxCacheAge caps Cache-Control max-age, so that clients and CDNs come back often enough
+// to notice a new event.
+const maxCacheAge = 30 * time.Second
+
+// Header values used on every cached response, made once so that a request allocates
+// nothing for them. They are never modified.
+var (
+	hdrJSON    = []string{"application/json"}
+	hdrVary    = []string{"Authorization, Accept-Encoding"}
+	hdrGzip    = []string{"gzip"}
+	hdrMaxAges = func() [][]string {
+		out := make([][]string, int(maxCacheAge/time.Second)+1)
+		for i := range out {
+			out[i] = []string{"max-age=" + strconv.Itoa(i)}
+		}
+		return out
+	}()
+)
+
+// serveCached writes c, honouring If-None-Match (304) and Accept-Encoding (gzip), with a
+// Cache-Control max-age that does not run past fresh, the time until the answer can change.
+func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fresh time.Duration) {
+	h := w.Header()
+	h["Content-Type"] = hdrJSON
+	h["Vary"] = hdrVary
+	h["Cache-Control"] = hdrMaxAges[int(min(max(fresh, 0), maxCacheAge)/time.Second)]
+	body, etag, length := c.body, c.etag, c.length
+	if c.gz != nil && acceptsGzip(r.Header["Accept-Encoding"]) {
+		body, etag, length = c.gz, c.gzETag, c.gzLength
+		h["Content-Encoding"] = hdrGzip
+	}
+	h["Etag"] = etag
+	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagListMatches(inm, etag[0]) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h["Content-Length"] = length
+	w.Write(body)
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip: it names gzip (or *)
+// without q=0.
+func acceptsGzip(values []string) bool {
+	for _, v := range values {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			name, params, _ := strings.Cut(item, ";")
+			name = strings.TrimSpace(name)
+			if !strings.EqualFold(name, "gzip") && name != "*" {
+				continue
+			}
+			q := strings.TrimSpace(params)
+			if q, ok := strings.CutPrefix(q, "q="); ok && strings.Trim(q, "0.") == "" {
+				return false // q=0, q=0.0, q=0.000: explicitly refused
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// etagListMatches reports whether an If-None-Match header matches etag, with the weak
+// comparison RFC 9110 asks for: W/ prefixes are ignored, and * matches anything.
+func etagListMatches(values []string, etag string) bool {
+	for _, v := range values {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			item = strings.TrimSpace(item)
+			if item == "*" || strings.TrimPrefix(item, "W/") == etag {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // handleHealthz answers 200 when the database answers a query within a second, 503 otherwise.

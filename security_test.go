@@ -29,7 +29,11 @@ func TestEveryRouteAndRPCHasARole(t *testing.T) {
 	g := &guard{keys: kr, limiter: newFailureLimiter(1, time.Minute, time.Minute, time.Now)}
 	log := newLogger("text", io.Discard)
 
-	patterns := addRoutes(http.NewServeMux(), st, g, time.Now, log)
+	rm, err := newReadModel(context.Background(), st, time.Now, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patterns := addRoutes(http.NewServeMux(), st, rm, g, log)
 	registered := map[string]bool{}
 	for _, p := range patterns {
 		registered[p] = true
@@ -43,7 +47,7 @@ func TestEveryRouteAndRPCHasARole(t *testing.T) {
 		}
 	}
 
-	gs, _ := newGRPCServer(st, g, 1<<20, time.Now, log)
+	gs, _ := newGRPCServer(st, rm, g, 1<<20, time.Now, log)
 	methods := map[string]bool{}
 	for svc, info := range gs.GetServiceInfo() {
 		for _, m := range info.Methods {

@@ -58,7 +58,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.logFormat, "log-format", envOr(getenv, "LIVEOPS_LOG_FORMAT", "text"), "log format: text or json (env LIVEOPS_LOG_FORMAT)")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", getenv("LIVEOPS_TLS_CERT"), "TLS certificate file; with -tls-key serves HTTPS and HTTP/2 over TLS (env LIVEOPS_TLS_CERT)")
 	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("LIVEOPS_TLS_KEY"), "TLS private key file (env LIVEOPS_TLS_KEY)")
-	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key changes made by other processes")
+	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key and event changes made by other processes")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
@@ -153,10 +153,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	rm, err := newReadModel(ctx, st, time.Now, log)
+	if err != nil {
+		return err
+	}
 	lim := cfg.limits
 	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, time.Now)}
-	gs, hs := newGRPCServer(st, g, lim.grpcMaxRecvBytes, time.Now, log)
-	srv := newHTTPServer(newServer(st, g, gs, time.Now, log), lim, log)
+	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, time.Now, log)
+	srv := newHTTPServer(newServer(st, rm, g, gs, log), lim, log)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -170,7 +174,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		kr.watch(watchCtx, log, cfg.reloadInterval, time.Minute)
+		watchDatabase(watchCtx, st, kr, rm, log, cfg.reloadInterval, time.Minute)
 	}()
 	defer func() { stopWatch(); <-watchDone }()
 
@@ -205,6 +209,67 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
+// watchDatabase keeps the in-memory keys and events current until ctx ends. Every poll it
+// asks SQLite whether any connection, in this process or another, committed a change; if
+// so it reloads the keys (a handful of rows) and lets the read model reload the events if
+// their generation moved. This is how `liveops keys revoke` run elsewhere takes effect
+// within a poll. Every flushEvery it writes key usage to the database, and once more on the
+// way out.
+func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, log *slog.Logger, poll, flushEvery time.Duration) {
+	flushed := map[string]int64{}
+	defer func() {
+		// ctx is done; give the last flush its own short deadline.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := kr.flushUsage(fctx, flushed); err != nil {
+			log.Error("flush key usage", "err", err)
+		}
+	}()
+
+	// PRAGMA data_version is per connection, so every poll must use this same one.
+	conn, err := st.db.Conn(ctx)
+	if err != nil {
+		log.Error("watch database: no connection", "err", err)
+		return
+	}
+	defer conn.Close()
+	last, err := dataVersion(ctx, conn)
+	if err != nil {
+		log.Error("watch database", "err", err)
+	}
+
+	pollTick := time.NewTicker(poll)
+	defer pollTick.Stop()
+	flushTick := time.NewTicker(flushEvery)
+	defer flushTick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-flushTick.C:
+			if err := kr.flushUsage(ctx, flushed); err != nil {
+				log.Error("flush key usage", "err", err)
+			}
+		case <-pollTick.C:
+			v, err := dataVersion(ctx, conn)
+			if err != nil {
+				log.Error("watch database", "err", err)
+				continue
+			}
+			if v == last {
+				continue
+			}
+			last = v
+			if err := kr.reload(ctx); err != nil {
+				log.Error("reload keys", "err", err)
+			}
+			if err := rm.refresh(ctx); err != nil {
+				log.Error("reload events", "err", err)
+			}
+		}
+	}
+}
+
 // newHTTPServer returns the server for both protocols, with the transport limits applied.
 // The HTTP/2 limits live here, on http.Server.HTTP2: on the ServeHTTP path gRPC's own
 // MaxConcurrentStreams option is never consulted.
@@ -233,9 +298,9 @@ func newHTTPServer(h http.Handler, lim limits, log *slog.Logger) *http.Server {
 
 // newServer builds the one handler that serves both protocols on one port: HTTP/2 requests
 // with a gRPC content type go to the gRPC server, everything else to the HTTP routes.
-func newServer(st *store, g *guard, gs *grpc.Server, now func() time.Time, log *slog.Logger) http.Handler {
+func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, st, g, now, log)
+	addRoutes(mux, st, rm, g, log)
 	httpHandler := logRequests(log, securityHeaders(mux))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
@@ -255,7 +320,7 @@ func isGRPC(contentType string) bool {
 
 // addRoutes lists the whole HTTP API. Each route is wrapped in the role routeRoles gives it.
 // It returns the patterns it registered.
-func addRoutes(mux *http.ServeMux, st *store, g *guard, now func() time.Time, log *slog.Logger) []string {
+func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, log *slog.Logger) []string {
 	var patterns []string
 	handle := func(pattern string, h http.Handler) {
 		need, ok := routeRoles[pattern]
@@ -269,8 +334,8 @@ func addRoutes(mux *http.ServeMux, st *store, g *guard, now func() time.Time, lo
 		patterns = append(patterns, pattern)
 	}
 	handle("GET /healthz", handleHealthz(st, log))
-	handle("GET /events", handleEvents(st, now, log))
-	handle("GET /events/{id}", handleEvent(st, now, log))
+	handle("GET /events", handleEvents(rm))
+	handle("GET /events/{id}", handleEvent(rm))
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.
 	handle("/healthz", handleMethodNotAllowed("GET, HEAD"))

@@ -164,6 +164,10 @@ var migrations = []string{
 		created_at  INTEGER NOT NULL
 	);
 	CREATE INDEX create_requests_by_time ON create_requests (created_at);`,
+	// 3: a generation counter that every event write bumps in its transaction, so a server
+	// can tell whether the database holds event writes its read model has not seen.
+	`CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+	INSERT INTO meta (name, value) VALUES ('events_generation', 0);`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
@@ -245,6 +249,26 @@ func storeError(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
+// bumpGeneration increments the events generation inside tx and returns the new value.
+// Every write to events calls it before committing.
+func bumpGeneration(ctx context.Context, tx *sql.Tx) (int64, error) {
+	var gen int64
+	err := tx.QueryRowContext(ctx,
+		`UPDATE meta SET value = value + 1 WHERE name = 'events_generation' RETURNING value`).Scan(&gen)
+	return gen, err
+}
+
+// Generation returns the events generation: it grows by one with every committed event
+// write, by any process.
+func (st *store) Generation(ctx context.Context) (int64, error) {
+	var gen int64
+	err := st.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'events_generation'`).Scan(&gen)
+	if err != nil {
+		return 0, storeError("read generation", err)
+	}
+	return gen, nil
+}
+
 // createRequestTTL is how long a create's request_id is remembered. The promise to clients
 // is 24 hours; keeping them a week costs little and covers a retry queue stuck over a weekend.
 const createRequestTTL = 7 * 24 * time.Hour
@@ -254,10 +278,12 @@ const createRequestTTL = 7 * 24 * time.Hour
 // A non-empty requestID makes the create idempotent: when it was seen before with the same
 // fingerprint (a hash of the request), CreateEvent stores nothing and returns the event that
 // request created, with created false; with another fingerprint it returns errRequestReused.
-func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fingerprint []byte) (got Event, created bool, err error) {
+//
+// gen is the events generation after the write; 0 when nothing was written.
+func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fingerprint []byte) (got Event, gen int64, err error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
-		return Event{}, false, storeError("create event", err)
+		return Event{}, 0, storeError("create event", err)
 	}
 	defer tx.Rollback()
 
@@ -267,18 +293,18 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fin
 		err := tx.QueryRowContext(ctx, `SELECT fingerprint, event_id FROM create_requests WHERE request_id = ?`, requestID).Scan(&seen, &eventID)
 		switch {
 		case err == nil && !bytes.Equal(seen, fingerprint):
-			return Event{}, false, errRequestReused
+			return Event{}, 0, errRequestReused
 		case err == nil:
 			e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, eventID))
 			if errors.Is(err, sql.ErrNoRows) {
-				return Event{}, false, errNotFound // created, then deleted
+				return Event{}, 0, errNotFound // created, then deleted
 			}
 			if err != nil {
-				return Event{}, false, storeError("create event", err)
+				return Event{}, 0, storeError("create event", err)
 			}
-			return e, false, nil
+			return e, 0, nil
 		case !errors.Is(err, sql.ErrNoRows):
-			return Event{}, false, storeError("create event", err)
+			return Event{}, 0, storeError("create event", err)
 		}
 	}
 
@@ -287,23 +313,26 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fin
 		`INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.ID, e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards,
 		e.CreatedAt.UnixNano(), e.UpdatedAt.UnixNano(), e.Version); err != nil {
-		return Event{}, false, storeError("create event", err)
+		return Event{}, 0, storeError("create event", err)
 	}
 	if requestID != "" {
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO create_requests (request_id, fingerprint, event_id, created_at) VALUES (?, ?, ?, ?)`,
 			requestID, fingerprint, e.ID, e.CreatedAt.UnixNano()); err != nil {
-			return Event{}, false, storeError("create event", err)
+			return Event{}, 0, storeError("create event", err)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM create_requests WHERE created_at < ?`,
 			e.CreatedAt.Add(-createRequestTTL).UnixNano()); err != nil {
-			return Event{}, false, storeError("create event", err)
+			return Event{}, 0, storeError("create event", err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return Event{}, false, storeError("create event", err)
+	if gen, err = bumpGeneration(ctx, tx); err != nil {
+		return Event{}, 0, storeError("create event", err)
 	}
-	return e, true, nil
+	if err := tx.Commit(); err != nil {
+		return Event{}, 0, storeError("create event", err)
+	}
+	return e, gen, nil
 }
 
 // Event returns the event with the given id, or errNotFound.
@@ -321,27 +350,28 @@ func (st *store) Event(ctx context.Context, id string) (Event, error) {
 // UpdateEvent changes the event with the given id: change receives the event as stored and
 // edits it in place (returning an error to refuse). When etag is not empty it must be the
 // event's current one, or UpdateEvent returns errStale and changes nothing. It returns the
-// event as stored after the write, with a new version, or errNotFound.
-func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, change func(*Event) error) (Event, error) {
+// event as stored after the write, with a new version, and the events generation; or
+// errNotFound.
+func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, change func(*Event) error) (Event, int64, error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
-		return Event{}, storeError("update event", err)
+		return Event{}, 0, storeError("update event", err)
 	}
 	defer tx.Rollback()
 
 	e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return Event{}, errNotFound
+		return Event{}, 0, errNotFound
 	}
 	if err != nil {
-		return Event{}, storeError("update event", err)
+		return Event{}, 0, storeError("update event", err)
 	}
 	if etag != "" && etag != e.ETag() {
-		return Event{}, errStale
+		return Event{}, 0, errStale
 	}
 	read, created := e.Version, e.CreatedAt
 	if err := change(&e); err != nil {
-		return Event{}, err
+		return Event{}, 0, err
 	}
 	e.ID, e.CreatedAt, e.UpdatedAt, e.Version = id, created, now, read+1
 	// The write lock is held since BEGIN IMMEDIATE, so the version cannot have moved; the
@@ -351,76 +381,84 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time
 		WHERE id = ? AND version = ?`,
 		e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards, e.UpdatedAt.UnixNano(), e.Version, id, read)
 	if err != nil {
-		return Event{}, storeError("update event", err)
+		return Event{}, 0, storeError("update event", err)
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
-		return Event{}, errStale
+		return Event{}, 0, errStale
+	}
+	gen, err := bumpGeneration(ctx, tx)
+	if err != nil {
+		return Event{}, 0, storeError("update event", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return Event{}, storeError("update event", err)
+		return Event{}, 0, storeError("update event", err)
 	}
-	return e, nil
+	return e, gen, nil
 }
 
 // DeleteEvent removes the event, or returns errNotFound. When etag is not empty it must be
-// the event's current one, or DeleteEvent returns errStale and deletes nothing.
-func (st *store) DeleteEvent(ctx context.Context, id, etag string) error {
+// the event's current one, or DeleteEvent returns errStale and deletes nothing. It returns
+// the events generation after the write.
+func (st *store) DeleteEvent(ctx context.Context, id, etag string) (int64, error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
-		return storeError("delete event", err)
+		return 0, storeError("delete event", err)
 	}
 	defer tx.Rollback()
 	var version int64
 	err = tx.QueryRowContext(ctx, `SELECT version FROM events WHERE id = ?`, id).Scan(&version)
 	if errors.Is(err, sql.ErrNoRows) {
-		return errNotFound
+		return 0, errNotFound
 	}
 	if err != nil {
-		return storeError("delete event", err)
+		return 0, storeError("delete event", err)
 	}
 	if etag != "" && etag != formatETag(version) {
-		return errStale
+		return 0, errStale
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, version); err != nil {
-		return storeError("delete event", err)
+		return 0, storeError("delete event", err)
+	}
+	gen, err := bumpGeneration(ctx, tx)
+	if err != nil {
+		return 0, storeError("delete event", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return storeError("delete event", err)
+		return 0, storeError("delete event", err)
 	}
-	return nil
+	return gen, nil
 }
 
-// Events returns every event, ordered by start time, then id.
-func (st *store) Events(ctx context.Context) ([]Event, error) {
-	return st.queryEvents(ctx, `SELECT `+eventColumns+` FROM events ORDER BY start_time, id`)
-}
-
-// ActiveEvents returns the events active at t (start_time <= t < end_time), ordered by start
-// time, then id.
-func (st *store) ActiveEvents(ctx context.Context, t time.Time) ([]Event, error) {
-	n := t.UnixNano()
-	return st.queryEvents(ctx,
-		`SELECT `+eventColumns+` FROM events WHERE end_time > ? AND start_time <= ? ORDER BY start_time, id`, n, n)
-}
-
-func (st *store) queryEvents(ctx context.Context, query string, args ...any) ([]Event, error) {
-	rows, err := st.db.QueryContext(ctx, query, args...)
+// Events returns every event, ordered by start time, then id, and the events generation
+// they reflect, read in one transaction.
+func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
+	// A read-only transaction is a plain (deferred) BEGIN: it takes no write lock.
+	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, fmt.Errorf("list events: %w", err)
+		return nil, 0, storeError("list events", err)
+	}
+	defer tx.Rollback()
+	var gen int64
+	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'events_generation'`).Scan(&gen); err != nil {
+		return nil, 0, storeError("list events", err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events ORDER BY start_time, id`)
+	if err != nil {
+		return nil, 0, storeError("list events", err)
 	}
 	defer rows.Close()
 	events := []Event{}
 	for rows.Next() {
 		e, err := scanEvent(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list events: %w", err)
+			return nil, 0, storeError("list events", err)
 		}
 		events = append(events, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list events: %w", err)
+		return nil, 0, storeError("list events", err)
 	}
-	return events, nil
+	return events, gen, nil
 }
 
 // CreateKey stores a new API key record. Only the key's hash is stored, never the key.
