@@ -534,4 +534,3 @@ func (l *failureLimiter) sweep(now time.Time, full bool) {
 	}
 	l.tracked.Store(int64(len(l.clients)))
 }
-
