@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"liveops/eventspb"
+)
+
+// clock is a settable time source for tests.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+// newTestReadModel returns a read model over a fresh store, reading time from c.
+func newTestReadModel(t *testing.T, c *clock) (*store, *readModel) {
+	t.Helper()
+	st := newTestStore(t)
+	rm, err := newReadModel(context.Background(), st, c.now, newLogger("text", io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, rm
+}
+
+// write creates an event through the store and tells the read model, as CreateEvent does.
+func write(t *testing.T, st *store, rm *readModel, title string, start, end time.Time) Event {
+	t.Helper()
+	e := Event{ID: newID(), Title: title, Start: start, End: end, CreatedAt: t0, UpdatedAt: t0}
+	if err := e.validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, gen, err := st.CreateEvent(context.Background(), e, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm.applied(context.Background(), gen, &got, "")
+	return got
+}
+
+// getEvents calls GET /events on the handler and returns the response.
+func getEvents(t *testing.T, h http.Handler, header http.Header) *http.Response {
+	t.Helper()
+	req := httptest.NewRequest("GET", "/events", nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Result()
+}
+
+func activeTitles(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	var body struct {
+		Events []struct{ Title string } `json:"events"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range body.Events {
+		out = append(out, e.Title)
+	}
+	return strings.Join(out, ",")
+}
+
+func TestActiveWindowBoundaries(t *testing.T) {
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	write(t, st, rm, "window", t0, t0.Add(time.Hour))
+	h := handleEvents(rm)
+
+	tests := []struct {
+		name   string
+		at     time.Time
+		active bool
+	}{
+		{"just before start", t0.Add(-time.Nanosecond), false},
+		{"at start (inclusive)", t0, true},
+		{"inside", t0.Add(30 * time.Minute), true},
+		{"just before end", t0.Add(time.Hour - time.Nanosecond), true},
+		{"at end (exclusive)", t0.Add(time.Hour), false},
+		{"after end", t0.Add(2 * time.Hour), false},
+		{"back inside (a clock that went backwards)", t0.Add(time.Minute), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c.t = tt.at
+			got := activeTitles(t, getEvents(t, h, nil))
+			if (got == "window") != tt.active {
+				t.Fatalf("GET /events at %v = %q; want active=%v", tt.at, got, tt.active)
+			}
+		})
+	}
+}
+
+func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	write(t, st, rm, "now", t0.Add(-time.Hour), t0.Add(time.Hour))
+	write(t, st, rm, "soon", t0.Add(10*time.Minute), t0.Add(2*time.Hour))
+	h := handleEvents(rm)
+
+	resp := getEvents(t, h, nil)
+	if got := activeTitles(t, resp); got != "now" {
+		t.Fatalf("at t0: %q; want now", got)
+	}
+	first := resp.Header.Get("ETag")
+	gen := rm.snapshot().gen
+
+	c.t = t0.Add(10 * time.Minute) // "soon" starts; nothing was written
+	resp = getEvents(t, h, nil)
+	if got := activeTitles(t, resp); got != "now,soon" {
+		t.Fatalf("at t0+10m: %q; want now,soon", got)
+	}
+	if resp.Header.Get("ETag") == first || rm.snapshot().gen != gen {
+		t.Fatalf("ETag %s (was %s), generation %d (was %d): the answer must change with time alone",
+			resp.Header.Get("ETag"), first, rm.snapshot().gen, gen)
+	}
+	c.t = t0.Add(time.Hour) // "now" ends
+	if got := activeTitles(t, getEvents(t, h, nil)); got != "soon" {
+		t.Fatalf("at t0+1h: %q; want soon", got)
+	}
+}
+
+func TestActiveOrdering(t *testing.T) {
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	late := write(t, st, rm, "late", t0.Add(-time.Hour), t0.Add(time.Hour))
+	write(t, st, rm, "early", t0.Add(-2*time.Hour), t0.Add(time.Hour))
+	tie := write(t, st, rm, "tie", t0.Add(-time.Hour), t0.Add(time.Hour))
+	write(t, st, rm, "ended", t0.Add(-3*time.Hour), t0.Add(-2*time.Hour))
+	write(t, st, rm, "future", t0.Add(time.Hour), t0.Add(2*time.Hour))
+	want := "early,late,tie"
+	if tie.ID < late.ID {
+		want = "early,tie,late"
+	}
+	if got := activeTitles(t, getEvents(t, handleEvents(rm), nil)); got != want {
+		t.Fatalf("GET /events order = %s; want %s (start time, then id)", got, want)
+	}
+}
+
+func TestWriteIsVisibleToTheNextRead(t *testing.T) {
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	h := handleEvents(rm)
+	if got := activeTitles(t, getEvents(t, h, nil)); got != "" {
+		t.Fatalf("empty database: %q", got)
+	}
+	e := write(t, st, rm, "new", t0.Add(-time.Minute), t0.Add(time.Hour))
+	if got := activeTitles(t, getEvents(t, h, nil)); got != "new" {
+		t.Fatalf("after a create: %q; want new", got)
+	}
+
+	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", t0, func(u *Event) error { u.Title = "renamed"; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm.applied(context.Background(), gen, &upd, "")
+	if got := activeTitles(t, getEvents(t, h, nil)); got != "renamed" {
+		t.Fatalf("after an update: %q; want renamed", got)
+	}
+
+	gen, err = st.DeleteEvent(context.Background(), e.ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm.applied(context.Background(), gen, nil, e.ID)
+	if got := activeTitles(t, getEvents(t, h, nil)); got != "" {
+		t.Fatalf("after a delete: %q; want nothing", got)
+	}
+	if _, ok := rm.snapshot().get(e.ID); ok {
+		t.Fatal("a deleted event is still in the snapshot")
+	}
+}
+
+func TestWritesFromElsewhereAreReloaded(t *testing.T) {
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	write(t, st, rm, "ours", t0.Add(-time.Minute), t0.Add(time.Hour))
+
+	// Another process writes: the read model hears nothing until refresh.
+	e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", CreatedAt: t0, UpdatedAt: t0}
+	_, theirGen, err := st.CreateEvent(context.Background(), e, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Then we write again: our generation is not the next one, so the model reloads and
+	// picks up both.
+	write(t, st, rm, "ours again", t0.Add(-time.Minute), t0.Add(time.Hour))
+	if rm.snapshot().gen != theirGen+1 || len(rm.snapshot().byID) != 3 {
+		t.Fatalf("snapshot at generation %d with %d events; want %d with 3", rm.snapshot().gen, len(rm.snapshot().byID), theirGen+1)
+	}
+
+	// A write elsewhere with no write of ours after it is found by refresh.
+	e.ID = newID()
+	if _, _, err := st.CreateEvent(context.Background(), e, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := rm.refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rm.snapshot().byID); n != 4 {
+		t.Fatalf("after refresh: %d events; want 4", n)
+	}
+}
+
+func TestSnapshotWithKeepsOrder(t *testing.T) {
+	// Apply many random writes incrementally and compare with a snapshot built from scratch.
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	var ids []string
+	for i := range 60 {
+		start := t0.Add(time.Duration(i%7-3) * time.Hour)
+		ids = append(ids, write(t, st, rm, "e", start, start.Add(time.Duration(1+i%4)*time.Hour)).ID)
+	}
+	ctx := context.Background()
+	for i, id := range ids {
+		switch i % 3 {
+		case 0:
+			gen, err := st.DeleteEvent(ctx, id, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rm.applied(ctx, gen, nil, id)
+		case 1:
+			upd, gen, err := st.UpdateEvent(ctx, id, "", t0, func(u *Event) error {
+				u.Start = u.Start.Add(-90 * time.Minute)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rm.applied(ctx, gen, &upd, "")
+		}
+	}
+	events, gen, _ := st.Events(ctx)
+	want := newSnapshot(gen, events, c.t)
+	got := rm.snapshot()
+	same := func(a, b []*entry) bool {
+		if len(a) != len(b) {
+			return false
+		}
+		for i := range a {
+			if a[i].Event != b[i].Event {
+				return false
+			}
+		}
+		return true
+	}
+	if got.gen != want.gen || !same(got.byStart, want.byStart) || !same(got.byID, want.byID) || !same(got.open, want.open) {
+		t.Fatalf("incremental snapshot differs from a fresh one: gen %d/%d, %d/%d events, %d/%d open",
+			got.gen, want.gen, len(got.byStart), len(want.byStart), len(got.open), len(want.open))
+	}
+}
+
+func TestConditionalRequestsAndCaching(t *testing.T) {
+	c := &clock{t0}
+	st, rm := newTestReadModel(t, c)
+	for range 10 { // enough to be worth compressing
+		write(t, st, rm, "a festival with a reasonably long title", t0.Add(-time.Hour), t0.Add(20*time.Second))
+	}
+	h := handleEvents(rm)
+
+	resp := getEvents(t, h, nil)
+	etag := resp.Header.Get("ETag")
+	plain, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.HasPrefix(etag, `"`) || resp.Header.Get("Vary") != "Authorization, Accept-Encoding" {
+		t.Fatalf("status %d, ETag %q, Vary %q", resp.StatusCode, etag, resp.Header.Get("Vary"))
+	}
+	// The answer changes in 20 s, when the events end: max-age must not run past that.
+	if cc := resp.Header.Get("Cache-Control"); cc != "max-age=20" {
+		t.Fatalf("Cache-Control %q; want max-age=20", cc)
+	}
+
+	for _, inm := range []string{etag, "W/" + etag, `"other", ` + etag, "*"} {
+		resp = getEvents(t, h, http.Header{"If-None-Match": {inm}})
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 304 || len(body) != 0 || resp.Header.Get("ETag") != etag {
+			t.Fatalf("If-None-Match %s: %d with %d bytes; want 304, no body", inm, resp.StatusCode, len(body))
+		}
+	}
+	if resp = getEvents(t, h, http.Header{"If-None-Match": {`"stale"`}}); resp.StatusCode != 200 {
+		t.Fatalf("If-None-Match with another etag: %d; want 200", resp.StatusCode)
+	}
+
+	resp = getEvents(t, h, http.Header{"Accept-Encoding": {"br, gzip;q=0.8"}})
+	if resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("ETag") == etag {
+		t.Fatalf("gzip: Content-Encoding %q, ETag %q; want gzip with its own ETag", resp.Header.Get("Content-Encoding"), resp.Header.Get("ETag"))
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unzipped, _ := io.ReadAll(zr)
+	if !bytes.Equal(unzipped, plain) {
+		t.Fatal("the gzip body is not the plain body compressed")
+	}
+	if resp = getEvents(t, h, http.Header{"Accept-Encoding": {"gzip;q=0"}}); resp.Header.Get("Content-Encoding") != "" {
+		t.Fatal("gzip sent to a client that refused it with q=0")
+	}
+
+	c.t = t0.Add(time.Hour + 10*time.Second) // nothing active, nothing ahead
+	if cc := getEvents(t, h, nil).Header.Get("Cache-Control"); cc != "max-age=30" {
+		t.Fatalf("Cache-Control with no boundary ahead: %q; want the 30 s cap", cc)
+	}
+}
+
+func TestAcceptsGzip(t *testing.T) {
+	for v, want := range map[string]bool{
+		"gzip": true, "GZIP": true, "deflate, gzip": true, "gzip;q=0.5": true, "*": true,
+		"gzip;q=0": false, "gzip; q=0.000": false, "br": false, "": false, "x-gzip": false,
+	} {
+		if got := acceptsGzip([]string{v}); got != want {
+			t.Errorf("acceptsGzip(%q) = %v; want %v", v, got, want)
+		}
+	}
+}
+
+func TestListEventsComesFromTheSnapshot(t *testing.T) {
+	ts := startServer(t)
+	admin := withKey(ts.admin)
+	var ids []string
+	for i := range 5 {
+		resp, err := ts.events.CreateEvent(admin, createReq("e", t0.Add(time.Duration(5-i)*time.Hour), t0.Add(10*time.Hour), `{"i":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append([]string{resp.GetEvent().GetId()}, ids...)
+	}
+	list, err := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{})
+	if err != nil || len(list.GetEvents()) != 5 {
+		t.Fatalf("ListEvents = %d events, %v; want 5", len(list.GetEvents()), err)
+	}
+	for i, e := range list.GetEvents() {
+		if e.GetId() != ids[i] || e.GetRewards() != `{"i":1}` || e.GetEtag() != "v1" {
+			t.Fatalf("event %d = %v; want %s, ordered by start", i, e, ids[i])
+		}
+	}
+}
+
+func TestServerSeesAnotherProcessWrite(t *testing.T) {
+	ts := startServer(t, "-reload-interval", "50ms")
+	if _, _, body := ts.get(t, "/events", ts.user); strings.TrimSpace(string(body)) != `{"events":[]}` {
+		t.Fatalf("before: %s", body)
+	}
+	// A second connection pool on the same file writes, as another process would.
+	other, err := openStore(context.Background(), ts.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	now := time.Now().UTC()
+	e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", CreatedAt: now, UpdatedAt: now}
+	if _, _, err := other.CreateEvent(context.Background(), e, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		_, _, body := ts.get(t, "/events", ts.user)
+		return strings.Contains(string(body), "from elsewhere")
+	})
+}
