@@ -78,7 +78,7 @@ type testServer struct {
 	stop   func() error // cancels run's context and returns what run returned
 }
 
-func startServer(t *testing.T, extraArgs ...string) *testServer {
+func startServer(t testing.TB, extraArgs ...string) *testServer {
 	t.Helper()
 	db := filepath.Join(t.TempDir(), "liveops.db")
 	st, err := openStore(context.Background(), db)
@@ -97,7 +97,7 @@ func startServer(t *testing.T, extraArgs ...string) *testServer {
 	return startServerOn(t, db, user, admin, extraArgs...)
 }
 
-func startServerOn(t *testing.T, db, user, admin string, extraArgs ...string) *testServer {
+func startServerOn(t testing.TB, db, user, admin string, extraArgs ...string) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &logSink{addrc: make(chan string, 1)}

@@ -11,7 +11,7 @@ import (
 )
 
 // newTestStore opens a fresh database in a temporary directory.
-func newTestStore(t *testing.T) *store {
+func newTestStore(t testing.TB) *store {
 	t.Helper()
 	st, err := openStore(context.Background(), filepath.Join(t.TempDir(), "test.db"))
 	if err != nil {
@@ -370,7 +370,7 @@ func TestStoreKeys(t *testing.T) {
 	}
 }
 
-func createTestKey(t *testing.T, st *store, r role) (string, error) {
+func createTestKey(t testing.TB, st *store, r role) (string, error) {
 	t.Helper()
 	secret, _, err := createKey(context.Background(), st, r, "test", 0)
 	return secret, err
