@@ -26,10 +26,7 @@ func runBackup(ctx context.Context, args []string, getenv func(string) string, s
 	if err := parseInterspersed(fs, args, 1); err != nil {
 		return err
 	}
-	if _, err := os.Stat(db); err != nil {
-		return fmt.Errorf("backup: database %s: %w", db, err)
-	}
-	st, err := openStore(ctx, db)
+	st, err := openExistingStore(ctx, db)
 	if err != nil {
 		return err
 	}
@@ -73,6 +70,9 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		if *expires < 0 {
 			return errors.New("keys create: -expires must not be negative")
 		}
+		if _, ok := roleTags[role(*r)]; !ok {
+			return fmt.Errorf("keys create: -role must be http_user or grpc_admin, got %q", *r)
+		}
 		st, err := openStore(ctx, db)
 		if err != nil {
 			return err
@@ -90,7 +90,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		if err := parseInterspersed(fs, args, 0); err != nil {
 			return err
 		}
-		st, err := openStore(ctx, db)
+		st, err := openExistingStore(ctx, db)
 		if err != nil {
 			return err
 		}
@@ -112,7 +112,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 			return err
 		}
 		id := fs.Arg(0)
-		st, err := openStore(ctx, db)
+		st, err := openExistingStore(ctx, db)
 		if err != nil {
 			return err
 		}
@@ -127,6 +127,15 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	fmt.Fprint(stderr, keysUsage)
 	return fmt.Errorf("keys: unknown subcommand %q", cmd)
+}
+
+// openExistingStore opens a database that must already exist, so that a mistyped -db
+// is an error rather than a new, empty database.
+func openExistingStore(ctx context.Context, path string) (*store, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	return openStore(ctx, path)
 }
 
 // parseInterspersed parses flags that may come before or after the positional arguments,

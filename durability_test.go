@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -443,7 +444,13 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 				}
 			})
 		}
-		<-killed
+		select {
+		case <-killed:
+		case err := <-p.exited:
+			t.Fatalf("round %d: the server exited before it was killed: %v\n%s", round, err, p.output())
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: only %d creates acknowledged in 30s", round, n.Load())
+		}
 		wg.Wait()
 		<-p.exited
 		conn.Close()
@@ -476,6 +483,101 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	}
 	t.Logf("%d rounds, %d acknowledged creates, all present", rounds, len(acked))
 }
+
+func TestSIGTERMWaitsForAnInFlightWrite(t *testing.T) {
+	db, _, admin := binaryWithKeys(t)
+	p := startProcess(t, "-db", db, "-busy-timeout", "20s", "-shutdown-timeout", "20s")
+	sent := make(chan struct{})
+	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(&onSend{method: "/liveops.v1.EventService/CreateEvent", sent: sent}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := eventspb.NewEventServiceClient(conn)
+
+	// Another process holds the write lock, so the create below stays in flight.
+	other, err := openStore(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	tx, err := other.db.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`UPDATE meta SET value = value`); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		resp *eventspb.CreateEventResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := client.CreateEvent(withKey(admin), createReq("in flight", t0, t0.Add(time.Hour), ""))
+		done <- result{resp, err}
+	}()
+	// Once the create is on the wire, a call sent after it on the same connection is
+	// answered only after the server has read the create and started its handler.
+	<-sent
+	if _, err := client.GetEvent(withKey(admin), &eventspb.GetEventRequest{Id: newID()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetEvent: %v", err)
+	}
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	// New connections are refused while the in-flight create still runs.
+	waitFor(t, func() bool {
+		c, err := net.Dial("tcp", p.addr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case r := <-done:
+		t.Fatalf("the create finished before the lock was released: %v", r.err)
+	default:
+	}
+	tx.Rollback()
+
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("in-flight create during shutdown: %v; want it to complete", r.err)
+	}
+	if err := <-p.exited; err != nil {
+		t.Fatalf("exit: %v; want 0\n%s", err, p.output())
+	}
+	st, err := openStore(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Event(context.Background(), r.resp.GetEvent().GetId()); err != nil {
+		t.Fatalf("the acknowledged in-flight create is not stored: %v", err)
+	}
+}
+
+// onSend is a client stats handler that closes sent once a request message of method has
+// been written to the connection.
+type onSend struct {
+	method string
+	sent   chan struct{}
+	once   sync.Once
+}
+
+type methodKey struct{}
+
+func (h *onSend) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
+}
+func (h *onSend) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.OutPayload); ok && ctx.Value(methodKey{}) == h.method {
+		h.once.Do(func() { close(h.sent) })
+	}
+}
+func (h *onSend) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (h *onSend) HandleConn(context.Context, stats.ConnStats)                       {}
 
 func TestSIGTERMUnderLoad(t *testing.T) {
 	rounds := 1

@@ -297,6 +297,6 @@ func logRPC(log *slog.Logger, method string, k *keyEntry, err error, start time.
 	if k != nil {
 		keyID = k.ID
 	}
-	log.Info("request", "proto", "grpc", "rpc", method, "code", status.Code(err).String(),
+	log.Info("request", "proto", "grpc", "rpc", redactKeys(method), "code", status.Code(err).String(),
 		"duration", time.Since(start), "key_id", keyID)
 }

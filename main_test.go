@@ -179,7 +179,21 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatalf("keys create stderr = %q; want the key id", stderr)
 	}
 
+	expiring, _, err := runBin("keys", "create", "-role", "http_user", "-name", "expiring", "-expires", "1h", "-db", db)
+	if err != nil || !checkKeyFormat(strings.TrimSpace(expiring)) {
+		t.Fatalf("keys create -expires: %q, %v", expiring, err)
+	}
+
 	stdout, _, err = runBin("keys", "list", "-db", db)
+	for _, line := range strings.Split(stdout, "\n") {
+		if f := strings.Fields(line); len(f) == 7 && f[2] == "expiring" {
+			if exp, err := time.Parse(time.RFC3339, f[5]); err != nil || time.Until(exp) < 50*time.Minute || time.Until(exp) > time.Hour {
+				t.Errorf("expiring key shows EXPIRES %q; want about an hour from now", f[5])
+			}
+		} else if len(f) == 7 && f[2] == "ci" && f[5] != "-" {
+			t.Errorf("key without -expires shows EXPIRES %q", f[5])
+		}
+	}
 	if err != nil || !strings.Contains(stdout, id[1]) || !strings.Contains(stdout, "grpc_admin") || !strings.Contains(stdout, "ci") {
 		t.Fatalf("keys list = %q, %v", stdout, err)
 	}
@@ -197,6 +211,7 @@ func TestKeysCommands(t *testing.T) {
 
 	for _, args := range [][]string{
 		{"keys", "create", "-role", "root", "-db", db},
+		{"keys", "list", "-db", db + ".typo"},
 		{"keys", "revoke", "ffffffffffff", "-db", db},
 		{"keys", "revoke", "-db", db},
 		{"keys", "frobnicate"},

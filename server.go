@@ -259,12 +259,16 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 			if v == last {
 				continue
 			}
-			last = v
-			if err := kr.reload(ctx); err != nil {
-				log.Error("reload keys", "err", err)
+			// Only a reload that worked moves last on; a failed one is tried again next poll.
+			kerr, eerr := kr.reload(ctx), rm.refresh(ctx)
+			if kerr != nil {
+				log.Error("reload keys", "err", kerr)
 			}
-			if err := rm.refresh(ctx); err != nil {
-				log.Error("reload events", "err", err)
+			if eerr != nil {
+				log.Error("reload events", "err", eerr)
+			}
+			if kerr == nil && eerr == nil {
+				last = v
 			}
 		}
 	}
@@ -327,10 +331,11 @@ func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, log *slog
 		if !ok {
 			panic("route " + pattern + " has no entry in routeRoles")
 		}
+		h = g.requireRole(need, h)
 		if strings.HasPrefix(pattern, "GET ") {
-			h = refuseBody(h)
+			h = refuseBody(h) // before authentication, so no GET body is ever read
 		}
-		mux.Handle(pattern, g.requireRole(need, h))
+		mux.Handle(pattern, h)
 		patterns = append(patterns, pattern)
 	}
 	handle("GET /healthz", handleHealthz(st, log))
@@ -409,7 +414,7 @@ func logRequests(log *slog.Logger, next http.Handler) http.Handler {
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
-		log.Info("request", "proto", r.Proto, "method", r.Method, "path", r.URL.Path,
+		log.Info("request", "proto", r.Proto, "method", r.Method, "path", redactKeys(r.URL.Path),
 			"status", rec.status, "duration", time.Since(start), "key_id", rec.keyID)
 	})
 }

@@ -169,6 +169,17 @@ func TestStoreIdempotentCreate(t *testing.T) {
 		t.Fatalf("%d events stored; want 1", len(all))
 	}
 
+	// A retry 25 hours later, after other creates, still finds the first event.
+	dayLater := e
+	dayLater.ID, dayLater.CreatedAt = newID(), t0.Add(25*time.Hour)
+	if _, _, err := st.CreateEvent(ctx, dayLater, newID(), dayLater.fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	retry.CreatedAt = t0.Add(25 * time.Hour)
+	if again, gen, err := st.CreateEvent(ctx, retry, req, retry.fingerprint()); err != nil || gen != 0 || again.ID != first.ID {
+		t.Fatalf("retry after 25h: %v, generation %d, %v; want the first event", again.ID, gen, err)
+	}
+
 	// Request ids are forgotten only long after the 24 hours promised.
 	later := e
 	later.ID, later.CreatedAt = newID(), t0.Add(createRequestTTL+time.Hour)
