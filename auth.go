@@ -79,7 +79,18 @@ const (
 	base62         = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
+// keyLen is the longest a key can be: an admin key.
+const keyLen = len(keyPrefix+"admin_") + keyRandomLen + 1 + keyChecksumLen
+
 var roleTags = map[role]string{roleHTTPUser: "user", roleGRPCAdmin: "admin"}
+
+// isBase62 answers "is this byte a base62 digit?" for checkKeyFormat, without a search.
+var isBase62 = func() (t [256]bool) {
+	for i := range len(base62) {
+		t[base62[i]] = true
+	}
+	return t
+}()
 
 // apiKey is the stored record of a key. The key itself is never stored: only its SHA-256.
 type apiKey struct {
@@ -131,6 +142,18 @@ func randomBase62(n int) string {
 	return string(out)
 }
 
+// crc32String is crc32.ChecksumIEEE for a string. The crc32 package takes only []byte, and
+// converting a request's key to one would cost an allocation on every request.
+func crc32String(s string) uint32 {
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = crcTable[byte(crc)^s[i]] ^ crc>>8
+	}
+	return ^crc
+}
+
+var crcTable = crc32.MakeTable(crc32.IEEE)
+
 func checksum(body string) string {
 	sum := crc32.ChecksumIEEE([]byte(body))
 	var out [keyChecksumLen]byte
@@ -156,12 +179,11 @@ func checkKeyFormat(s string) bool {
 		return false
 	}
 	for i := 0; i < len(rest); i++ {
-		if i != keyRandomLen && strings.IndexByte(base62, rest[i]) < 0 {
+		if i != keyRandomLen && !isBase62[rest[i]] {
 			return false
 		}
 	}
-	body := s[:len(s)-keyChecksumLen-1]
-	sum := crc32.ChecksumIEEE([]byte(body))
+	sum := crc32String(s[:len(s)-keyChecksumLen-1])
 	for i := len(s) - 1; i >= len(s)-keyChecksumLen; i-- {
 		if s[i] != base62[sum%62] {
 			return false
@@ -215,9 +237,10 @@ func bearerToken(values []string) (string, error) {
 // keyEntry is a key held in memory by the keyring.
 type keyEntry struct {
 	apiKey
-	// lastUsed is the last time, in Unix nanoseconds, this process saw the key used. The
-	// flusher copies it to the database now and then, so requests never wait on a write.
-	lastUsed atomic.Int64
+	// used says the key was used since the last flush, which writes the flush time as
+	// last_used_at: requests never wait on a write, nor even read the clock for it. The
+	// flag is shared by the entries one key gets across reloads, so no use is lost.
+	used *atomic.Bool
 }
 
 // keyring answers "which key is this?" from memory. It reloads from the database when the
@@ -252,24 +275,16 @@ func (kr *keyring) reload(ctx context.Context) error {
 	old := kr.keys.Load()
 	next := make(map[[sha256.Size]byte]*keyEntry, len(keys))
 	for _, k := range keys {
-		e := &keyEntry{apiKey: k}
-		e.lastUsed.Store(nanosOrZero(k.LastUsedAt))
+		e := &keyEntry{apiKey: k, used: new(atomic.Bool)}
 		if old != nil {
-			if prev, ok := (*old)[k.Hash]; ok && prev.lastUsed.Load() > e.lastUsed.Load() {
-				e.lastUsed.Store(prev.lastUsed.Load())
+			if prev, ok := (*old)[k.Hash]; ok {
+				e.used = prev.used
 			}
 		}
 		next[k.Hash] = e
 	}
 	kr.keys.Store(&next)
 	return nil
-}
-
-func nanosOrZero(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
 }
 
 // learn looks up a key the keyring does not hold yet, such as one `liveops keys create`
@@ -287,8 +302,7 @@ func (kr *keyring) learn(ctx context.Context, digest [sha256.Size]byte) (*keyEnt
 		return e, true
 	}
 	next := maps.Clone(cur)
-	e := &keyEntry{apiKey: k}
-	e.lastUsed.Store(nanosOrZero(k.LastUsedAt))
+	e := &keyEntry{apiKey: k, used: new(atomic.Bool)}
 	next[digest] = e
 	kr.keys.Store(&next)
 	return e, true
@@ -299,7 +313,9 @@ func (kr *keyring) authenticate(ctx context.Context, secret string) (*keyEntry, 
 	if !checkKeyFormat(secret) {
 		return nil, errInvalidKey
 	}
-	digest := sha256.Sum256([]byte(secret))
+	// Copying into a stack buffer spares the allocation a []byte(secret) conversion makes.
+	var buf [keyLen]byte
+	digest := sha256.Sum256(append(buf[:0], secret...))
 	e, ok := (*kr.keys.Load())[digest]
 	if !ok {
 		e, ok = kr.learn(ctx, digest)
@@ -309,41 +325,41 @@ func (kr *keyring) authenticate(ctx context.Context, secret string) (*keyEntry, 
 	if !ok || subtle.ConstantTimeCompare(e.Hash[:], digest[:]) != 1 {
 		return nil, errInvalidKey
 	}
-	now := kr.now()
 	if !e.RevokedAt.IsZero() {
 		return nil, errRevokedKey
 	}
-	if !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt) {
+	if !e.ExpiresAt.IsZero() && !kr.now().Before(e.ExpiresAt) {
 		return nil, errExpiredKey
 	}
-	// Only store when the second changed, so concurrent requests with one key do not all
-	// write the same cache line.
-	if n := now.UnixNano(); n-e.lastUsed.Load() >= int64(time.Second) {
-		e.lastUsed.Store(n)
+	// Load before Store, so concurrent requests with one key do not all write the same
+	// cache line.
+	if !e.used.Load() {
+		e.used.Store(true)
 	}
 	return e, nil
 }
 
-// usedSince returns, for every key used after the times in flushed, its last use; and
-// records those times in flushed.
-func (kr *keyring) usedSince(flushed map[string]int64) map[string]time.Time {
+// flushUsage records the keys used since the last flush as last used now.
+func (kr *keyring) flushUsage(ctx context.Context) error {
+	now := kr.now()
 	used := map[string]time.Time{}
+	var entries []*keyEntry
 	for _, e := range *kr.keys.Load() {
-		if n := e.lastUsed.Load(); n > flushed[e.ID] && n != nanosOrZero(e.LastUsedAt) {
-			used[e.ID] = fromNanos(n)
-			flushed[e.ID] = n
+		if e.used.Swap(false) {
+			used[e.ID] = now
+			entries = append(entries, e)
 		}
 	}
-	return used
-}
-
-// flushUsage writes key usage seen since the last flush to the database.
-func (kr *keyring) flushUsage(ctx context.Context, flushed map[string]int64) error {
-	used := kr.usedSince(flushed)
 	if len(used) == 0 {
 		return nil
 	}
-	return kr.st.TouchKeys(ctx, used)
+	if err := kr.st.TouchKeys(ctx, used); err != nil {
+		for _, e := range entries {
+			e.used.Store(true) // try again next flush
+		}
+		return err
+	}
+	return nil
 }
 
 // authError is why a request was refused. Each protocol maps its kind to a status:

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"hash/crc32"
 	"strings"
 	"testing"
 	"time"
@@ -156,10 +157,11 @@ func TestKeyUsageIsFlushed(t *testing.T) {
 	clock := t0
 	kr, _ := newKeyring(ctx, st, func() time.Time { return clock })
 	secret, k, _ := newKey(roleHTTPUser, "", t0, 0)
+	_, idle, _ := newKey(roleHTTPUser, "", t0, 0)
 	st.CreateKey(ctx, k)
+	st.CreateKey(ctx, idle)
 	kr.reload(ctx)
 
-	flushed := map[string]int64{}
 	for range 100 {
 		if _, err := kr.authenticate(ctx, secret); err != nil {
 			t.Fatal(err)
@@ -169,22 +171,36 @@ func TestKeyUsageIsFlushed(t *testing.T) {
 	if keys, _ := st.Keys(ctx); !keys[0].LastUsedAt.IsZero() {
 		t.Fatalf("last_used_at written on the request path: %v", keys[0].LastUsedAt)
 	}
-	if err := kr.flushUsage(ctx, flushed); err != nil {
-		t.Fatal(err)
-	}
 	// A reload between use and flush must not lose the use.
-	clock = t0.Add(time.Minute)
-	kr.authenticate(ctx, secret)
 	kr.reload(ctx)
-	if err := kr.flushUsage(ctx, flushed); err != nil {
+	clock = t0.Add(time.Minute)
+	if err := kr.flushUsage(ctx); err != nil {
 		t.Fatal(err)
 	}
-	keys, _ := st.Keys(ctx)
-	if got := keys[0].LastUsedAt; !got.Equal(clock) {
-		t.Fatalf("last_used_at = %v; want %v", got, clock)
+	lastUsed := func() map[string]time.Time {
+		keys, _ := st.Keys(ctx)
+		m := map[string]time.Time{}
+		for _, k := range keys {
+			m[k.ID] = k.LastUsedAt
+		}
+		return m
 	}
-	if used := kr.usedSince(flushed); len(used) != 0 {
-		t.Fatalf("nothing used since the flush, yet usedSince = %v", used)
+	if got := lastUsed(); !got[k.ID].Equal(clock) || !got[idle.ID].IsZero() {
+		t.Fatalf("last_used_at = %v; want %v for the used key and nothing for the idle one", got, clock)
+	}
+	// Nothing used since: a later flush changes nothing.
+	clock = t0.Add(2 * time.Minute)
+	kr.flushUsage(ctx)
+	if got := lastUsed(); !got[k.ID].Equal(t0.Add(time.Minute)) {
+		t.Fatalf("an idle minute moved last_used_at to %v", got[k.ID])
+	}
+}
+
+func TestCRC32String(t *testing.T) {
+	for _, s := range []string{"", "a", "lo_user_0123456789", strings.Repeat("xyz", 40)} {
+		if got, want := crc32String(s), crc32.ChecksumIEEE([]byte(s)); got != want {
+			t.Errorf("crc32String(%q) = %08x; want %08x", s, got, want)
+		}
 	}
 }
 

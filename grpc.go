@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"slices"
 	"time"
@@ -32,7 +31,7 @@ import (
 
 // newGRPCServer returns the gRPC server with the event service, health and reflection
 // registered, and every call (known or not) going through authentication and logging.
-func newGRPCServer(st *store, rm *readModel, g *guard, maxRecvBytes int, now func() time.Time, log *slog.Logger) (*grpc.Server, *health.Server) {
+func newGRPCServer(st *store, rm *readModel, g *guard, maxRecvBytes int, now func() time.Time, log *logger) (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.ForceServerCodecV2(preEncodedCodec{encoding.GetCodecV2(protoenc.Name)}),
 		grpc.MaxRecvMsgSize(maxRecvBytes),
@@ -84,7 +83,7 @@ type eventServer struct {
 	st  *store
 	rm  *readModel
 	now func() time.Time
-	log *slog.Logger
+	log *logger
 }
 
 func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEventRequest) (*eventspb.CreateEventResponse, error) {
@@ -292,7 +291,7 @@ func authorizeRPC(ctx context.Context, g *guard, method string) (context.Context
 	return context.WithValue(ctx, keyContextKey{}, k), k, nil
 }
 
-func unaryInterceptor(g *guard, log *slog.Logger) grpc.UnaryServerInterceptor {
+func unaryInterceptor(g *guard, log *logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		ctx, k, err := authorizeRPC(ctx, g, info.FullMethod)
@@ -305,7 +304,7 @@ func unaryInterceptor(g *guard, log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-func streamInterceptor(g *guard, log *slog.Logger) grpc.StreamServerInterceptor {
+func streamInterceptor(g *guard, log *logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		start := time.Now()
 		ctx, k, err := authorizeRPC(ss.Context(), g, info.FullMethod)
@@ -325,11 +324,10 @@ type contextStream struct {
 
 func (s *contextStream) Context() context.Context { return s.ctx }
 
-func logRPC(log *slog.Logger, method string, k *keyEntry, err error, start time.Time) {
+func logRPC(log *logger, method string, k *keyEntry, err error, start time.Time) {
 	var keyID string
 	if k != nil {
 		keyID = k.ID
 	}
-	log.Info("request", "proto", "grpc", "rpc", redactKeys(method), "code", status.Code(err).String(),
-		"duration", time.Since(start), "key_id", keyID)
+	log.access("grpc", "POST", method, status.Code(err).String(), time.Since(start), keyID)
 }

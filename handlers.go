@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -147,7 +146,7 @@ func etagListMatches(values []string, etag string) bool {
 }
 
 // handleHealthz answers 200 when the database answers a query within a second, 503 otherwise.
-func handleHealthz(st *store, log *slog.Logger) http.Handler {
+func handleHealthz(st *store, log *logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
@@ -204,7 +203,7 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 // serverError logs err in full and tells the client only that something went wrong, so no
 // SQL or internal detail leaks.
-func serverError(w http.ResponseWriter, log *slog.Logger, err error) {
+func serverError(w http.ResponseWriter, log *logger, err error) {
 	log.Error("internal error", "err", err)
 	writeError(w, http.StatusInternalServerError, "internal error")
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"sync"
@@ -36,7 +35,7 @@ import (
 type readModel struct {
 	st  *store
 	now func() time.Time
-	log *slog.Logger
+	log *logger
 
 	mu   sync.Mutex // serialises replacing snap
 	snap atomic.Pointer[snapshot]
@@ -45,7 +44,7 @@ type readModel struct {
 	active   atomic.Pointer[activeSet]
 }
 
-func newReadModel(ctx context.Context, st *store, now func() time.Time, log *slog.Logger) (*readModel, error) {
+func newReadModel(ctx context.Context, st *store, now func() time.Time, log *logger) (*readModel, error) {
 	rm := &readModel{st: st, now: now, log: log}
 	rm.mu.Lock()
 	defer rm.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -116,13 +117,6 @@ func envOr(getenv func(string) string, name, def string) string {
 	return def
 }
 
-func newLogger(format string, w io.Writer) *slog.Logger {
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
-	}
-	return slog.New(slog.NewTextHandler(w, nil))
-}
-
 // run is the whole program: main only calls it. It serves until ctx is cancelled, then shuts
 // down in order: stop taking requests and let in-flight ones finish, stop gRPC, close the
 // database.
@@ -140,6 +134,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log := newLogger(cfg.logFormat, stderr)
+	defer log.out.Flush()
 
 	st, err := openStore(ctx, cfg.db, fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
 	if err != nil {
@@ -178,6 +173,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}()
 	defer func() { stopWatch(); <-watchDone }()
 
+	// Access-log lines are written in batches; this writes each batch out.
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-watchCtx.Done():
+				return
+			case <-tick.C:
+				log.out.Flush()
+			}
+		}
+	}()
+
 	serveErr := make(chan error, 1)
 	go func() {
 		if cfg.tlsCert != "" {
@@ -215,13 +224,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // their generation moved. This is how `liveops keys revoke` run elsewhere takes effect
 // within a poll. Every flushEvery it writes key usage to the database, and once more on the
 // way out.
-func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, log *slog.Logger, poll, flushEvery time.Duration) {
-	flushed := map[string]int64{}
+func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, log *logger, poll, flushEvery time.Duration) {
 	defer func() {
 		// ctx is done; give the last flush its own short deadline.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
-		if err := kr.flushUsage(fctx, flushed); err != nil {
+		if err := kr.flushUsage(fctx); err != nil {
 			log.Error("flush key usage", "err", err)
 		}
 	}()
@@ -247,7 +255,7 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 		case <-ctx.Done():
 			return
 		case <-flushTick.C:
-			if err := kr.flushUsage(ctx, flushed); err != nil {
+			if err := kr.flushUsage(ctx); err != nil {
 				log.Error("flush key usage", "err", err)
 			}
 		case <-pollTick.C:
@@ -277,7 +285,7 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 // newHTTPServer returns the server for both protocols, with the transport limits applied.
 // The HTTP/2 limits live here, on http.Server.HTTP2: on the ServeHTTP path gRPC's own
 // MaxConcurrentStreams option is never consulted.
-func newHTTPServer(h http.Handler, lim limits, log *slog.Logger) *http.Server {
+func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: lim.readHeaderTimeout,
@@ -302,7 +310,7 @@ func newHTTPServer(h http.Handler, lim limits, log *slog.Logger) *http.Server {
 
 // newServer builds the one handler that serves both protocols on one port: HTTP/2 requests
 // with a gRPC content type go to the gRPC server, everything else to the HTTP routes.
-func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, log *slog.Logger) http.Handler {
+func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, log *logger) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, st, rm, g, log)
 	httpHandler := logRequests(log, securityHeaders(mux))
@@ -324,7 +332,7 @@ func isGRPC(contentType string) bool {
 
 // addRoutes lists the whole HTTP API. Each route is wrapped in the role routeRoles gives it.
 // It returns the patterns it registered.
-func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, log *slog.Logger) []string {
+func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, log *logger) []string {
 	var patterns []string
 	handle := func(pattern string, h http.Handler) {
 		need, ok := routeRoles[pattern]
@@ -363,15 +371,21 @@ func refuseBody(next http.Handler) http.Handler {
 	})
 }
 
+// Header values set on every response, made once (see handlers.go).
+var (
+	hdrNoSniff = []string{"nosniff"}
+	hdrNoStore = []string{"no-store"}
+)
+
 // securityHeaders sets the headers every HTTP response carries, and refuses gRPC over
 // HTTP/1.1 with a JSON error rather than letting it reach a route.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
+		h["X-Content-Type-Options"] = hdrNoSniff
 		// Responses depend on the caller's key; no shared cache may keep one unless a
 		// handler says otherwise.
-		h.Set("Cache-Control", "no-store")
+		h["Cache-Control"] = hdrNoStore
 		if isGRPC(r.Header.Get("Content-Type")) {
 			writeError(w, http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS")
 			return
@@ -405,16 +419,21 @@ func (rec *responseRecorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (rec *responseRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }
 
-// logRequests writes one log line per HTTP request.
-func logRequests(log *slog.Logger, next http.Handler) http.Handler {
+// recorders are reused across requests: a request holds one only while it is served.
+var recorders = sync.Pool{New: func() any { return new(responseRecorder) }}
+
+// logRequests writes one access-log line per HTTP request.
+func logRequests(log *logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &responseRecorder{ResponseWriter: w}
+		rec := recorders.Get().(*responseRecorder)
+		*rec = responseRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
-		log.Info("request", "proto", r.Proto, "method", r.Method, "path", redactKeys(r.URL.Path),
-			"status", rec.status, "duration", time.Since(start), "key_id", rec.keyID)
+		log.access(r.Proto, r.Method, r.URL.Path, statusString(rec.status), time.Since(start), rec.keyID)
+		*rec = responseRecorder{}
+		recorders.Put(rec)
 	})
 }
