@@ -329,5 +329,6 @@ func logRPC(log *logger, method string, k *keyEntry, err error, start time.Time)
 	if k != nil {
 		keyID = k.ID
 	}
-	log.access("grpc", "POST", method, status.Code(err).String(), time.Since(start), keyID)
+	end := time.Now()
+	log.access(end, "grpc", "POST", method, status.Code(err).String(), end.Sub(start), keyID)
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -70,6 +71,28 @@ type logger struct {
 	*slog.Logger
 	out  *logOutput
 	json bool
+	// second caches the formatted date and time of the current second, the part of every
+	// access-log timestamp that rarely changes.
+	second atomic.Pointer[formattedSecond]
+}
+
+type formattedSecond struct {
+	unix   int64
+	prefix []byte // 2006-01-02T15:04:05
+}
+
+// appendTime appends t in UTC as slog does, 2006-01-02T15:04:05.000Z, formatting the
+// date and time only once a second.
+func (l *logger) appendTime(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	sec := l.second.Load()
+	if sec == nil || sec.unix != t.Unix() {
+		sec = &formattedSecond{unix: t.Unix(), prefix: t.AppendFormat(nil, "2006-01-02T15:04:05")}
+		l.second.Store(sec)
+	}
+	b = append(b, sec.prefix...)
+	ms := t.Nanosecond() / int(time.Millisecond)
+	return append(b, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10), 'Z')
 }
 
 func newLogger(format string, w io.Writer) *logger {
@@ -86,16 +109,16 @@ func newLogger(format string, w io.Writer) *logger {
 // accessLinePool holds line buffers, so that logging a request allocates nothing.
 var accessLinePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
-// access logs one request: protocol, method (an HTTP method, or "grpc"), path or RPC name,
-// status (an HTTP status or a gRPC code), how long it took, and the id of the key that
-// authenticated it (never the key). path is redacted of anything that looks like a key.
-func (l *logger) access(proto, method, path, status string, took time.Duration, keyID string) {
+// access logs one request that ended at end: protocol, method (an HTTP method, or "POST"
+// for gRPC), path or RPC name, status (an HTTP status or a gRPC code), how long it took, and
+// the id of the key that authenticated it (never the key). path is redacted of anything
+// that looks like a key.
+func (l *logger) access(end time.Time, proto, method, path, status string, took time.Duration, keyID string) {
 	bp := accessLinePool.Get().(*[]byte)
 	b := (*bp)[:0]
-	now := time.Now()
 	if l.json {
 		b = append(b, `{"time":"`...)
-		b = now.AppendFormat(b, time.RFC3339Nano)
+		b = l.appendTime(b, end)
 		b = append(b, `","level":"INFO","msg":"request","proto":`...)
 		b = appendJSONString(b, proto)
 		b = append(b, `,"method":`...)
@@ -111,7 +134,7 @@ func (l *logger) access(proto, method, path, status string, took time.Duration, 
 		b = append(b, "}\n"...)
 	} else {
 		b = append(b, "time="...)
-		b = now.AppendFormat(b, time.RFC3339Nano)
+		b = l.appendTime(b, end)
 		b = append(b, " level=INFO msg=request proto="...)
 		b = appendTextValue(b, proto)
 		b = append(b, " method="...)

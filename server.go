@@ -87,12 +87,15 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	for name, d := range map[string]time.Duration{
 		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout, "busy-timeout": cfg.busyTimeout,
-		"read-header-timeout": l.readHeaderTimeout, "read-timeout": l.readTimeout, "write-timeout": l.writeTimeout,
-		"idle-timeout": l.idleTimeout, "auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
+		"read-header-timeout": l.readHeaderTimeout, "idle-timeout": l.idleTimeout,
+		"auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
 	} {
 		if d <= 0 {
 			return config{}, fmt.Errorf("-%s must be positive, got %v", name, d)
 		}
+	}
+	if l.readTimeout < 0 || l.writeTimeout < 0 {
+		return config{}, errors.New("-read-timeout and -write-timeout must not be negative (0 turns them off)")
 	}
 	for name, n := range map[string]int{
 		"max-header-bytes": l.maxHeaderBytes, "http2-max-streams": l.http2MaxStreams,
@@ -432,7 +435,8 @@ func logRequests(log *logger, next http.Handler) http.Handler {
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
-		log.access(r.Proto, r.Method, r.URL.Path, statusString(rec.status), time.Since(start), rec.keyID)
+		end := time.Now()
+		log.access(end, r.Proto, r.Method, r.URL.Path, statusString(rec.status), end.Sub(start), rec.keyID)
 		*rec = responseRecorder{}
 		recorders.Put(rec)
 	})
