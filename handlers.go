@@ -94,9 +94,11 @@ func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fres
 	h["Vary"] = hdrVary
 	h["Cache-Control"] = hdrMaxAges[int(min(max(fresh, 0), maxCacheAge)/time.Second)]
 	body, etag, length := c.body, c.etag, c.length
-	if c.gz != nil && acceptsGzip(r.Header["Accept-Encoding"]) {
-		body, etag, length = c.gz, c.gzETag, c.gzLength
-		h["Content-Encoding"] = hdrGzip
+	if len(c.body) >= minGzipSize && acceptsGzip(r.Header["Accept-Encoding"]) {
+		if gz := c.gzipped(); gz != nil {
+			body, etag, length = gz.body, gz.etag, gz.length
+			h["Content-Encoding"] = hdrGzip
+		}
 	}
 	h["Etag"] = etag
 	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagListMatches(inm, etag[0]) {

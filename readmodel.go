@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"sync"
@@ -172,7 +173,9 @@ func newSnapshot(gen int64, events []Event, now time.Time) *snapshot {
 	for i := range events {
 		s.byStart[i] = &entry{Event: events[i]}
 	}
-	slices.SortFunc(s.byStart, byStartThenID) // the store returns them sorted; make sure
+	// The store returns them in this order; sorting sorted input is one cheap pass, and the
+	// snapshot's correctness then does not rest on the store's promise.
+	slices.SortFunc(s.byStart, byStartThenID)
 	s.byID = slices.Clone(s.byStart)
 	slices.SortFunc(s.byID, byIDOnly)
 	for _, e := range s.byStart {
@@ -316,12 +319,21 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
-// cachedResponse is a JSON body ready to send, with its gzip form and the headers that
-// describe each, all made once.
+// cachedResponse is a JSON body ready to send, with the headers that describe it, made
+// once; its gzip form is made on the first request that accepts gzip.
 type cachedResponse struct {
-	body, gz         []byte   // gz is nil when compression would not pay
-	etag, gzETag     []string // header values, made once so a request allocates nothing
-	length, gzLength []string
+	body   []byte
+	etag   []string // header values, made once so a request allocates nothing
+	length []string
+	tag    string // the ETag without quotes
+
+	gzOnce sync.Once
+	gz     *gzipped // nil when compression would not pay
+}
+
+type gzipped struct {
+	body         []byte
+	etag, length []string
 }
 
 // minGzipSize is the body size below which gzip is not worth its header and CPU.
@@ -330,22 +342,38 @@ const minGzipSize = 1024
 func newCachedResponse(body []byte) *cachedResponse {
 	sum := sha256.Sum256(body)
 	tag := base64.RawURLEncoding.EncodeToString(sum[:18])
-	c := &cachedResponse{
+	return &cachedResponse{
 		body:   body,
 		etag:   []string{`"` + tag + `"`},
 		length: []string{strconv.Itoa(len(body))},
+		tag:    tag,
 	}
-	if len(body) >= minGzipSize {
-		var buf bytes.Buffer
-		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression) // once per snapshot: worth it
-		zw.Write(body)
-		zw.Close()
-		if buf.Len() < len(body) {
-			c.gz = buf.Bytes()
-			// A strong ETag names one representation, so the gzip form gets its own.
-			c.gzETag = []string{`"` + tag + `-gz"`}
-			c.gzLength = []string{strconv.Itoa(buf.Len())}
+}
+
+// gzipWriters are reused: a gzip.Writer holds hundreds of kilobytes of state.
+var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(io.Discard) }}
+
+// gzipped returns the gzip form of the body, or nil when the body is too small to gain.
+func (c *cachedResponse) gzipped() *gzipped {
+	c.gzOnce.Do(func() {
+		if len(c.body) < minGzipSize {
+			return
 		}
-	}
-	return c
+		var buf bytes.Buffer
+		zw := gzipWriters.Get().(*gzip.Writer)
+		zw.Reset(&buf)
+		zw.Write(c.body)
+		zw.Close()
+		gzipWriters.Put(zw)
+		if buf.Len() >= len(c.body) {
+			return
+		}
+		c.gz = &gzipped{
+			body: buf.Bytes(),
+			// A strong ETag names one representation, so the gzip form gets its own.
+			etag:   []string{`"` + c.tag + `-gz"`},
+			length: []string{strconv.Itoa(buf.Len())},
+		}
+	})
+	return c.gz
 }

@@ -442,7 +442,9 @@ func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'events_generation'`).Scan(&gen); err != nil {
 		return nil, 0, storeError("list events", err)
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events ORDER BY start_time, id`)
+	// A plain table scan reads pages in order; ORDER BY would walk the start-time index and
+	// fetch every row from the table at random, several times slower for a large table.
+	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events`)
 	if err != nil {
 		return nil, 0, storeError("list events", err)
 	}
@@ -458,6 +460,12 @@ func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	if err := rows.Err(); err != nil {
 		return nil, 0, storeError("list events", err)
 	}
+	slices.SortFunc(events, func(a, b Event) int {
+		if c := a.Start.Compare(b.Start); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return events, gen, nil
 }
 
