@@ -28,16 +28,17 @@ func seedEvents(tb testing.TB, st *store, n int, title string, start, end time.T
 		tb.Fatal(err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)`)
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer stmt.Close()
 	rewards := `{"items":[{"id":"gem","qty":50},{"id":"chest","qty":1}]}`
 	for i := range n {
-		if _, err := stmt.ExecContext(ctx, newID(), fmt.Sprintf("%s %d", title, i),
-			"Bench event with a description of typical length for a game client card.",
-			start.UnixNano(), end.UnixNano(), rewards, t0.UnixNano(), t0.UnixNano()); err != nil {
+		e := Event{ID: newID(), Title: fmt.Sprintf("%s %d", title, i),
+			Description: "Bench event with a description of typical length for a game client card.",
+			Start: start, End: end, Rewards: rewards, State: statePublished, CreatedAt: t0, UpdatedAt: t0, Version: 1}
+		if _, err := stmt.ExecContext(ctx, eventValues(e)...); err != nil {
 			tb.Fatal(err)
 		}
 	}

@@ -8,25 +8,42 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 )
 
-// Event is a time-limited live event. It is active at time t when Start <= t < End.
-// All times are in UTC.
+// Event is a time-limited live event. It is active at time t when Start <= t < End, or,
+// when it repeats, within one of its occurrences. All times are in UTC.
 type Event struct {
 	ID          string
 	Title       string
 	Description string
 	Start       time.Time
 	End         time.Time
-	Rewards     string // a compact JSON object or array
+	Rewards     string    // a compact JSON object or array
+	Preview     time.Time // players see the event as upcoming from here on; zero for no preview
+	Recurrence  Recurrence
+	Priority    int32    // higher first in every list
+	Labels      []string // sorted, distinct, lowercase tokens
+	State       string   // statePublished or stateDraft
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 	Version     int64 // 1 on create, one more on every update
 }
+
+// The states of an event. Players never see a draft.
+const (
+	statePublished = "PUBLISHED"
+	stateDraft     = "DRAFT"
+)
+
+const (
+	maxLabels   = 20
+	maxLabelLen = 32
+)
 
 // ETag returns the event's entity tag: it changes on every write. Clients treat it as
 // opaque.
@@ -38,7 +55,10 @@ func formatETag(version int64) string { return "v" + strconv.FormatInt(version, 
 // create can be told apart from a different create reusing its request_id.
 func (e Event) fingerprint() []byte {
 	h := sha256.New()
-	for _, s := range []string{e.Title, e.Description, e.Start.Format(time.RFC3339Nano), e.End.Format(time.RFC3339Nano), e.Rewards} {
+	r := e.Recurrence
+	for _, s := range []string{e.Title, e.Description, e.Start.Format(time.RFC3339Nano), e.End.Format(time.RFC3339Nano), e.Rewards,
+		e.Preview.Format(time.RFC3339Nano), r.Unit, strconv.Itoa(r.Interval), r.TimeZone, r.Until.Format(time.RFC3339Nano),
+		strconv.Itoa(r.Count), strconv.Itoa(int(e.Priority)), strings.Join(e.Labels, ","), e.State} {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
 	return h.Sum(nil)
@@ -96,11 +116,65 @@ func (e *Event) validate() error {
 	if !e.End.After(e.Start) {
 		return &fieldError{"end_time", "must be after start_time"}
 	}
+	if !e.Preview.IsZero() {
+		if err := checkTime("preview_time", e.Preview); err != nil {
+			return err
+		}
+		if !e.Preview.Before(e.Start) {
+			return &fieldError{"preview_time", "must be before start_time"}
+		}
+	}
+	if err := e.Recurrence.validate(e.End.Sub(e.Start), e.Start); err != nil {
+		return err
+	}
+	labels, err := normalizeLabels(e.Labels)
+	if err != nil {
+		return err
+	}
+	e.Labels = labels
+	switch e.State {
+	case "":
+		e.State = statePublished
+	case statePublished, stateDraft:
+	default:
+		return &fieldError{"state", fmt.Sprintf("must be PUBLISHED or DRAFT, got %q", e.State)}
+	}
 	rewards, err := normalizeRewards(e.Rewards)
 	if err != nil {
 		return err
 	}
 	e.Rewards = rewards
+	return nil
+}
+
+// normalizeLabels checks labels (short lowercase tokens: a-z, 0-9, '-' and '_', starting
+// with a letter or digit) and returns them sorted without repeats.
+func normalizeLabels(labels []string) ([]string, error) {
+	if len(labels) > maxLabels {
+		return nil, &fieldError{"labels", fmt.Sprintf("must be at most %d, got %d", maxLabels, len(labels))}
+	}
+	for _, l := range labels {
+		if err := checkLabel(l); err != nil {
+			return nil, &fieldError{"labels", err.Error()}
+		}
+	}
+	out := slices.Clone(labels)
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// checkLabel says what is wrong with one label, or nil.
+func checkLabel(l string) error {
+	if l == "" || len(l) > maxLabelLen {
+		return fmt.Errorf("label %q must be 1 to %d characters", l, maxLabelLen)
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		ok := 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || i > 0 && (c == '-' || c == '_')
+		if !ok {
+			return fmt.Errorf("label %q must be lowercase letters, digits, '-' and '_', starting with a letter or digit", l)
+		}
+	}
 	return nil
 }
 

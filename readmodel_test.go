@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"reflect"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -189,7 +190,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 	write(t, st, rm, "ours", t0.Add(-time.Minute), t0.Add(time.Hour))
 
 	// Another process writes: the read model hears nothing until refresh.
-	e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", CreatedAt: t0, UpdatedAt: t0}
+	e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
 	_, theirGen, err := st.CreateEvent(context.Background(), e, "", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +252,7 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 			return false
 		}
 		for i := range a {
-			if a[i].Event != b[i].Event {
+			if !reflect.DeepEqual(a[i].Event, b[i].Event) {
 				return false
 			}
 		}
@@ -360,7 +361,7 @@ func TestServerSeesAnotherProcessWrite(t *testing.T) {
 	}
 	defer other.Close()
 	now := time.Now().UTC()
-	e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", CreatedAt: now, UpdatedAt: now}
+	e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: now, UpdatedAt: now}
 	if _, _, err := other.CreateEvent(context.Background(), e, "", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -168,6 +169,13 @@ var migrations = []string{
 	// can tell whether the database holds event writes its read model has not seen.
 	`CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 	INSERT INTO meta (name, value) VALUES ('events_generation', 0);`,
+	// 4: scheduling: previews, recurrence (JSON, NULL for none), priority, labels (comma
+	// separated, sorted) and drafts.
+	`ALTER TABLE events ADD COLUMN preview_time INTEGER;
+	ALTER TABLE events ADD COLUMN recurrence TEXT;
+	ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE events ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+	ALTER TABLE events ADD COLUMN state TEXT NOT NULL DEFAULT 'PUBLISHED' CHECK (state IN ('PUBLISHED', 'DRAFT'));`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
@@ -204,7 +212,52 @@ func (st *store) ping(ctx context.Context) error {
 	return st.db.QueryRowContext(ctx, "SELECT 1 FROM sqlite_schema LIMIT 1").Scan(&one)
 }
 
-const eventColumns = "id, title, description, start_time, end_time, rewards, created_at, updated_at, version"
+const eventColumns = "id, title, description, start_time, end_time, rewards, created_at, updated_at, version, " +
+	"preview_time, recurrence, priority, labels, state"
+
+// eventValues returns e's values in eventColumns order.
+func eventValues(e Event) []any {
+	return []any{e.ID, e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards,
+		e.CreatedAt.UnixNano(), e.UpdatedAt.UnixNano(), e.Version,
+		nullNanos(e.Preview), recurrenceJSON(e.Recurrence), e.Priority, strings.Join(e.Labels, ","), e.State}
+}
+
+// recurrenceRow is how a recurrence is stored: JSON in one column, NULL when the event does
+// not repeat.
+type recurrenceRow struct {
+	Interval int    `json:"interval"`
+	Unit     string `json:"unit"`
+	TimeZone string `json:"time_zone"`
+	Until    int64  `json:"until,omitempty"` // Unix nanoseconds
+	Count    int    `json:"count,omitempty"`
+}
+
+func recurrenceJSON(r Recurrence) sql.NullString {
+	if !r.repeats() {
+		return sql.NullString{}
+	}
+	row := recurrenceRow{Interval: r.Interval, Unit: r.Unit, TimeZone: r.TimeZone, Count: r.Count}
+	if !r.Until.IsZero() {
+		row.Until = r.Until.UnixNano()
+	}
+	b, _ := json.Marshal(row) // a struct of ints and strings always encodes
+	return sql.NullString{String: string(b), Valid: true}
+}
+
+func parseRecurrence(s sql.NullString) (Recurrence, error) {
+	if !s.Valid {
+		return Recurrence{}, nil
+	}
+	var row recurrenceRow
+	if err := json.Unmarshal([]byte(s.String), &row); err != nil {
+		return Recurrence{}, fmt.Errorf("malformed recurrence %q: %w", s.String, err)
+	}
+	r := Recurrence{Interval: row.Interval, Unit: row.Unit, TimeZone: row.TimeZone, Count: row.Count}
+	if row.Until != 0 {
+		r.Until = fromNanos(row.Until)
+	}
+	return r, nil
+}
 
 // scanner is the part of *sql.Row and *sql.Rows that scanEvent needs.
 type scanner interface{ Scan(dest ...any) error }
@@ -212,12 +265,22 @@ type scanner interface{ Scan(dest ...any) error }
 func scanEvent(s scanner) (Event, error) {
 	var e Event
 	var start, end, created, updated int64
-	if err := s.Scan(&e.ID, &e.Title, &e.Description, &start, &end, &e.Rewards, &created, &updated, &e.Version); err != nil {
+	var preview sql.NullInt64
+	var recurrence sql.NullString
+	var labels string
+	if err := s.Scan(&e.ID, &e.Title, &e.Description, &start, &end, &e.Rewards, &created, &updated, &e.Version,
+		&preview, &recurrence, &e.Priority, &labels, &e.State); err != nil {
 		return Event{}, err
 	}
 	e.Start, e.End = fromNanos(start), fromNanos(end)
 	e.CreatedAt, e.UpdatedAt = fromNanos(created), fromNanos(updated)
-	return e, nil
+	e.Preview = fromNullNanos(preview)
+	if labels != "" {
+		e.Labels = strings.Split(labels, ",")
+	}
+	var err error
+	e.Recurrence, err = parseRecurrence(recurrence)
+	return e, err
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
@@ -310,9 +373,8 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fin
 
 	e.Version = 1
 	if _, err := tx.ExecContext(ctx,
-		`INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.ID, e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards,
-		e.CreatedAt.UnixNano(), e.UpdatedAt.UnixNano(), e.Version); err != nil {
+		`INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		eventValues(e)...); err != nil {
 		return Event{}, 0, storeError("create event", err)
 	}
 	if requestID != "" {
@@ -377,9 +439,11 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time
 	// The write lock is held since BEGIN IMMEDIATE, so the version cannot have moved; the
 	// condition is still in the UPDATE so that it alone would be enough.
 	res, err := tx.ExecContext(ctx,
-		`UPDATE events SET title = ?, description = ?, start_time = ?, end_time = ?, rewards = ?, updated_at = ?, version = ?
+		`UPDATE events SET title = ?, description = ?, start_time = ?, end_time = ?, rewards = ?, updated_at = ?, version = ?,
+		preview_time = ?, recurrence = ?, priority = ?, labels = ?, state = ?
 		WHERE id = ? AND version = ?`,
-		e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards, e.UpdatedAt.UnixNano(), e.Version, id, read)
+		e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards, e.UpdatedAt.UnixNano(), e.Version,
+		nullNanos(e.Preview), recurrenceJSON(e.Recurrence), e.Priority, strings.Join(e.Labels, ","), e.State, id, read)
 	if err != nil {
 		return Event{}, 0, storeError("update event", err)
 	}

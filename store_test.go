@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"reflect"
 	"crypto/sha256"
 	"errors"
 	"path/filepath"
@@ -62,14 +63,14 @@ func TestStoreEventCRUD(t *testing.T) {
 		t.Fatal(err, gen)
 	}
 	e.Version = 1
-	if created != e {
+	if !reflect.DeepEqual(created, e) {
 		t.Fatalf("CreateEvent = %+v; want %+v", created, e)
 	}
 	got, err := st.Event(ctx, e.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != e {
+	if !reflect.DeepEqual(got, e) {
 		t.Fatalf("Event after create = %+v; want %+v", got, e)
 	}
 	if got.Rewards != `{"gems":50}` {
@@ -88,10 +89,10 @@ func TestStoreEventCRUD(t *testing.T) {
 		t.Fatal(err)
 	}
 	want.CreatedAt, want.UpdatedAt, want.Version = t0, t0.Add(time.Minute), 2
-	if got != want || got.ETag() == e.ETag() || gen != 2 {
+	if !reflect.DeepEqual(got, want) || got.ETag() == e.ETag() || gen != 2 {
 		t.Fatalf("UpdateEvent = %+v; want %+v with a new etag", got, want)
 	}
-	if again, _ := st.Event(ctx, e.ID); again != want {
+	if again, _ := st.Event(ctx, e.ID); !reflect.DeepEqual(again, want) {
 		t.Fatalf("Event after update = %+v; want %+v", again, want)
 	}
 
@@ -100,7 +101,7 @@ func TestStoreEventCRUD(t *testing.T) {
 	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, func(u *Event) error { u.Title = "changed"; return refuse }); err != refuse {
 		t.Fatalf("UpdateEvent with a refusing change = %v", err)
 	}
-	if again, _ := st.Event(ctx, e.ID); again != want {
+	if again, _ := st.Event(ctx, e.ID); !reflect.DeepEqual(again, want) {
 		t.Fatalf("a refused update changed the event: %+v", again)
 	}
 
@@ -157,7 +158,7 @@ func TestStoreIdempotentCreate(t *testing.T) {
 	retry := e
 	retry.ID = newID() // a retry gets a fresh id from the server, which must not be used
 	again, gen, err := st.CreateEvent(ctx, retry, req, retry.fingerprint())
-	if err != nil || gen != 0 || again != first {
+	if err != nil || gen != 0 || !reflect.DeepEqual(again, first) {
 		t.Fatalf("retry: %+v, generation %d, %v; want the first event back and nothing written", again, gen, err)
 	}
 	other := e

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"fmt"
+	"sync"
+	"time"
+	_ "time/tzdata" // time zones work in an empty container, without /usr/share/zoneinfo
+)
+
+// Recurrence repeats an event. Occurrence k starts at the event's start stepped k times
+// interval units; each lasts as long as the event (End - Start).
+type Recurrence struct {
+	Interval int       // how many units between occurrences, at least 1
+	Unit     string    // HOURLY, DAILY, WEEKLY or MONTHLY; "" means the event does not repeat
+	TimeZone string    // IANA name whose wall clock DAILY, WEEKLY and MONTHLY steps follow; "" is UTC
+	Until    time.Time // no occurrence starts after this; zero means no limit
+	Count    int       // how many occurrences there are; 0 means no limit
+}
+
+func (r Recurrence) repeats() bool { return r.Unit != "" }
+
+// The recurrence units.
+const (
+	unitHourly  = "HOURLY"
+	unitDaily   = "DAILY"
+	unitWeekly  = "WEEKLY"
+	unitMonthly = "MONTHLY"
+)
+
+const maxInterval = 1000
+
+// validate checks r for an event lasting d, and fills in the default time zone.
+func (r *Recurrence) validate(d time.Duration, start time.Time) error {
+	if !r.repeats() {
+		if r.Interval != 0 || r.TimeZone != "" || !r.Until.IsZero() || r.Count != 0 {
+			return &fieldError{"recurrence.unit", "is required when any recurrence field is set"}
+		}
+		return nil
+	}
+	switch r.Unit {
+	case unitHourly, unitDaily, unitWeekly, unitMonthly:
+	default:
+		return &fieldError{"recurrence.unit", fmt.Sprintf("must be HOURLY, DAILY, WEEKLY or MONTHLY, got %q", r.Unit)}
+	}
+	if r.Interval < 1 || r.Interval > maxInterval {
+		return &fieldError{"recurrence.interval", fmt.Sprintf("must be between 1 and %d, got %d", maxInterval, r.Interval)}
+	}
+	if r.TimeZone == "" {
+		r.TimeZone = "UTC"
+	}
+	if _, err := loadLocation(r.TimeZone); err != nil {
+		return &fieldError{"recurrence.time_zone", fmt.Sprintf("unknown time zone %q; want an IANA name such as Europe/Paris", r.TimeZone)}
+	}
+	if r.Count < 0 {
+		return &fieldError{"recurrence.count", "must not be negative"}
+	}
+	if !r.Until.IsZero() {
+		if err := checkTime("recurrence.until", r.Until); err != nil {
+			return err
+		}
+		if r.Until.Before(start) {
+			return &fieldError{"recurrence.until", "must not be before start_time"}
+		}
+	}
+	if step := r.minStep(); d >= step {
+		return &fieldError{"recurrence", fmt.Sprintf("occurrences would overlap: the event lasts %v, but occurrences can be %v apart", d, step)}
+	}
+	return nil
+}
+
+// minStep is the shortest real time between two occurrences. Wall-clock days can be an
+// hour short when clocks change, and months as short as 28 days.
+func (r Recurrence) minStep() time.Duration {
+	n := time.Duration(r.Interval)
+	switch r.Unit {
+	case unitHourly:
+		return n * time.Hour
+	case unitDaily:
+		return n*24*time.Hour - time.Hour
+	case unitWeekly:
+		return n*7*24*time.Hour - time.Hour
+	default:
+		return n*28*24*time.Hour - time.Hour
+	}
+}
+
+// locations caches loaded time zones: time.LoadLocation parses the zone data every call.
+var locations sync.Map // string -> *time.Location
+
+func loadLocation(name string) (*time.Location, error) {
+	if loc, ok := locations.Load(name); ok {
+		return loc.(*time.Location), nil
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, err
+	}
+	locations.Store(name, loc)
+	return loc, nil
+}
+
+// schedule answers questions about an event's occurrences. A non-repeating event has one.
+type schedule struct {
+	rec      Recurrence
+	start    time.Time     // occurrence 0
+	duration time.Duration // of every occurrence
+	lead     time.Duration // how long before its start each occurrence is previewed; 0 for none
+	loc      *time.Location
+	wall     time.Time // start in loc, whose date and clock the steps advance
+	last     int       // index of the last occurrence, or -1 when unbounded
+}
+
+func newSchedule(e *Event) schedule {
+	s := schedule{rec: e.Recurrence, start: e.Start, duration: e.End.Sub(e.Start), last: 0}
+	if !e.Preview.IsZero() {
+		s.lead = e.Start.Sub(e.Preview)
+	}
+	if !s.rec.repeats() {
+		return s
+	}
+	loc, err := loadLocation(s.rec.TimeZone)
+	if err != nil {
+		loc = time.UTC // validated on write; a zone that vanished from tzdata falls back
+	}
+	s.loc, s.wall = loc, e.Start.In(loc)
+	s.last = -1
+	if s.rec.Count > 0 {
+		s.last = s.rec.Count - 1
+	}
+	if !s.rec.Until.IsZero() {
+		k := s.indexAt(s.rec.Until)
+		if s.last < 0 || k < s.last {
+			s.last = k
+		}
+	}
+	return s
+}
+
+// startOf returns the start of occurrence k (k >= 0, not checked against the limits).
+func (s *schedule) startOf(k int) time.Time {
+	if k == 0 || !s.rec.repeats() {
+		return s.start
+	}
+	n := k * s.rec.Interval
+	w := s.wall
+	switch s.rec.Unit {
+	case unitHourly:
+		// Hours are counted in real time: a wall-clock hour can be missing or repeated.
+		return s.start.Add(time.Duration(n) * time.Hour)
+	case unitDaily:
+		return wallTime(w.Year(), w.Month(), w.Day()+n, w, s.loc)
+	case unitWeekly:
+		return wallTime(w.Year(), w.Month(), w.Day()+7*n, w, s.loc)
+	default:
+		// The same day of the month, or the month's last day when it is shorter: a
+		// festival on the 31st falls on the 28th (or 29th) in February.
+		first := time.Date(w.Year(), w.Month()+time.Month(n), 1, 0, 0, 0, 0, time.UTC)
+		day := min(w.Day(), daysIn(first.Year(), first.Month()))
+		return wallTime(first.Year(), first.Month(), day, w, s.loc)
+	}
+}
+
+func daysIn(y int, m time.Month) int {
+	return time.Date(y, m+1, 0, 0, 0, 0, 0, time.UTC).Day()
+}
+
+// wallTime returns the instant at which loc's clocks show the date y-m-d and the clock time
+// of w. A clock time that does not exist that day (clocks went forward) moves forward by
+// the jump; one that exists twice (clocks went back) is the first.
+func wallTime(y int, m time.Month, d int, w time.Time, loc *time.Location) time.Time {
+	naive := time.Date(y, m, d, w.Hour(), w.Minute(), w.Second(), w.Nanosecond(), time.UTC)
+	// The offsets in force a day either side cover any one transition.
+	_, before := naive.Add(-24 * time.Hour).In(loc).Zone()
+	_, after := naive.Add(24 * time.Hour).In(loc).Zone()
+	var found time.Time
+	for _, off := range []int{before, after} {
+		t := naive.Add(-time.Duration(off) * time.Second)
+		if _, o := t.In(loc).Zone(); o == off && (found.IsZero() || t.Before(found)) {
+			found = t
+		}
+	}
+	if found.IsZero() {
+		// In the gap: read the clock time with the offset from before the jump.
+		found = naive.Add(-time.Duration(before) * time.Second)
+	}
+	return found.UTC()
+}
+
+// exists reports whether occurrence k is within the recurrence's limits.
+func (s *schedule) exists(k int) bool {
+	return k >= 0 && (s.last < 0 || k <= s.last)
+}
+
+// indexAt returns the index of the last occurrence starting at or before t, ignoring the
+// limits, or -1 when t is before the first.
+func (s *schedule) indexAt(t time.Time) int {
+	if t.Before(s.start) {
+		return -1
+	}
+	if !s.rec.repeats() {
+		return 0
+	}
+	// Estimate from the nominal step, then correct: clock changes and month lengths move
+	// the real starts by less than one step.
+	var k int
+	switch s.rec.Unit {
+	case unitMonthly:
+		tw := t.In(s.loc)
+		months := (tw.Year()-s.wall.Year())*12 + int(tw.Month()-s.wall.Month())
+		k = months / s.rec.Interval
+	default:
+		step := map[string]time.Duration{unitHourly: time.Hour, unitDaily: 24 * time.Hour, unitWeekly: 7 * 24 * time.Hour}[s.rec.Unit]
+		k = int(t.Sub(s.start) / (step * time.Duration(s.rec.Interval)))
+	}
+	for k > 0 && s.startOf(k).After(t) {
+		k--
+	}
+	for !s.startOf(k + 1).After(t) {
+		k++
+	}
+	return k
+}
+
+// eventStatus is where an event stands at some instant.
+type eventStatus int
+
+const (
+	statusUpcoming eventStatus = iota + 1
+	statusActive
+	statusEnded
+)
+
+var statusNames = map[eventStatus]string{statusUpcoming: "upcoming", statusActive: "active", statusEnded: "ended"}
+
+func (s eventStatus) String() string { return statusNames[s] }
+
+// view is an event as it stands at one instant.
+type view struct {
+	status     eventStatus
+	visible    bool      // players may see it: published, and previewed or started
+	start, end time.Time // the occurrence shown: the active one, else the next previewed one, else the last
+	occurrence int       // its index
+	nextStart  time.Time // the first start after the instant; zero when there is none
+	until      time.Time // the next instant anything above changes; forever when nothing will
+}
+
+// viewAt works out how e (with schedule s) stands at t.
+func (e *Event) viewAt(s *schedule, t time.Time) view {
+	v := view{until: forever}
+	k := s.indexAt(t) // the last occurrence started
+	if k >= 0 && !s.exists(k) {
+		k = s.last
+	}
+	next := k + 1
+	if !s.exists(next) {
+		next = -1
+	}
+	if next >= 0 {
+		v.nextStart = s.startOf(next)
+	}
+	switch {
+	case k >= 0 && t.Before(s.startOf(k).Add(s.duration)):
+		v.status, v.occurrence = statusActive, k
+		v.until = s.startOf(k).Add(s.duration)
+	case next >= 0 && !t.Before(v.nextStart.Add(-s.lead)) && s.lead > 0:
+		v.status, v.occurrence = statusUpcoming, next
+	case k >= 0:
+		v.status, v.occurrence = statusEnded, k
+	default: // before the first start, not yet previewed
+		v.status, v.occurrence = statusUpcoming, 0
+	}
+	if next >= 0 {
+		// The answer next changes when the next occurrence is previewed or starts.
+		if p := v.nextStart.Add(-s.lead); s.lead > 0 && t.Before(p) {
+			v.until = minTime(v.until, p)
+		}
+		v.until = minTime(v.until, v.nextStart)
+	}
+	v.start = s.startOf(v.occurrence)
+	v.end = v.start.Add(s.duration)
+	firstSeen := s.start.Add(-s.lead)
+	v.visible = e.State != stateDraft && !t.Before(firstSeen)
+	if !v.visible && e.State != stateDraft {
+		v.until = minTime(v.until, firstSeen)
+	}
+	return v
+}
+
+// seriesEnd is when the last occurrence ends, or forever for an unbounded recurrence.
+func (s *schedule) seriesEnd() time.Time {
+	if s.last < 0 {
+		return forever
+	}
+	return s.startOf(s.last).Add(s.duration)
+}
