@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"crypto/sha256"
 	"errors"
@@ -268,6 +269,22 @@ func TestEventValidation(t *testing.T) {
 		{"rewards 33 levels deep", func(e *Event) { e.Rewards = strings.Repeat("[", 33) + strings.Repeat("]", 33) }, "rewards"},
 		{"rewards of 64 KiB", func(e *Event) { e.Rewards = `["` + strings.Repeat("x", 64<<10-4) + `"]` }, ""},
 		{"rewards over 64 KiB", func(e *Event) { e.Rewards = `["` + strings.Repeat("x", 64<<10-3) + `"]` }, "rewards"},
+		{"preview before start", func(e *Event) { e.Preview = e.Start.Add(-time.Hour) }, ""},
+		{"preview at start", func(e *Event) { e.Preview = e.Start }, "preview_time"},
+		{"preview before 2000", func(e *Event) { e.Preview = time.Date(1999, 1, 1, 0, 0, 0, 0, time.UTC) }, "preview_time"},
+		{"labels", func(e *Event) { e.Labels = []string{"shop", "pvp", "halloween-2026", "x_1"} }, ""},
+		{"uppercase label", func(e *Event) { e.Labels = []string{"Shop"} }, "labels"},
+		{"label with space", func(e *Event) { e.Labels = []string{"big sale"} }, "labels"},
+		{"label starting with a dash", func(e *Event) { e.Labels = []string{"-x"} }, "labels"},
+		{"empty label", func(e *Event) { e.Labels = []string{""} }, "labels"},
+		{"label of 33 characters", func(e *Event) { e.Labels = []string{strings.Repeat("a", 33)} }, "labels"},
+		{"21 labels", func(e *Event) {
+			for i := range 21 {
+				e.Labels = append(e.Labels, fmt.Sprint("l", i))
+			}
+		}, "labels"},
+		{"draft", func(e *Event) { e.State = stateDraft }, ""},
+		{"unknown state", func(e *Event) { e.State = "ARCHIVED" }, "state"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,6 +301,16 @@ func TestEventValidation(t *testing.T) {
 				t.Fatalf("validate() blames %q (%v); want %q", fe.Field, err, tt.field)
 			}
 		})
+	}
+}
+
+func TestValidateNormalisesLabelsAndState(t *testing.T) {
+	e := Event{Title: "t", Start: t0, End: t0.Add(time.Hour), Labels: []string{"shop", "pvp", "shop"}}
+	if err := e.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(e.Labels, []string{"pvp", "shop"}) || e.State != statePublished {
+		t.Fatalf("labels %q, state %q; want [pvp shop] and PUBLISHED by default", e.Labels, e.State)
 	}
 }
 
