@@ -88,8 +88,8 @@ func newReadBench(b *testing.B, ended int) *readBench {
 	req.Header.Set("Authorization", "Bearer "+key)
 	return &readBench{
 		rm:      rm,
-		handler: g.requireRole(roleHTTPUser, handleEvents(rm)),
-		full:    newServer(st, rm, g, gs, log),
+		handler: g.requireRole(roleHTTPUser, handleEvents(rm, false)),
+		full:    newServer(st, rm, g, gs, false, log),
 		req:     req,
 	}
 }
@@ -183,7 +183,7 @@ func BenchmarkIncrementalWrite(b *testing.B) {
 			now := time.Now()
 			seedEvents(b, st, n, "Event", now.Add(-time.Hour), now.Add(time.Hour))
 			rm, _ := newReadModel(context.Background(), st, time.Now, newLogger("text", io.Discard))
-			e := rm.snapshot().byStart[n/2].Event
+			e := rm.snapshot().ordered[n/2].Event
 			b.ReportAllocs()
 			for b.Loop() {
 				snap := rm.snapshot()

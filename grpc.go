@@ -4,10 +4,13 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -90,7 +93,8 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 	if id := req.GetRequestId(); id != "" && !validID(id) {
 		return nil, s.grpcError(&fieldError{"request_id", "must be a lowercase UUID"})
 	}
-	e, err := eventFromFields(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	e, err := eventFromFields(eventFields{req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(),
+		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState()})
 	if err == nil {
 		err = e.validate()
 	}
@@ -98,7 +102,11 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 		return nil, s.grpcError(err)
 	}
 	now := s.now().UTC()
-	e.ID, e.CreatedAt, e.UpdatedAt = newID(), now, now
+	e.CreatedAt, e.UpdatedAt = now, now
+	if req.GetValidateOnly() {
+		return &eventspb.CreateEventResponse{Event: s.toProtoNow(e)}, nil
+	}
+	e.ID = newID()
 	got, gen, err := s.st.CreateEvent(ctx, e, req.GetRequestId(), e.fingerprint())
 	if err != nil {
 		return nil, s.grpcError(err)
@@ -107,7 +115,7 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 		s.rm.applied(ctx, gen, &got, "")
 		s.logWrite(ctx, "create", got.ID)
 	}
-	return &eventspb.CreateEventResponse{Event: toProto(got)}, nil
+	return &eventspb.CreateEventResponse{Event: s.toProtoNow(got)}, nil
 }
 
 func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventRequest) (*eventspb.GetEventResponse, error) {
@@ -118,17 +126,28 @@ func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventReques
 	if !ok {
 		return nil, s.grpcError(errNotFound)
 	}
-	return &eventspb.GetEventResponse{Event: toProto(e.Event)}, nil
+	return &eventspb.GetEventResponse{Event: toProto(e.Event, e.viewAt(s.now()))}, nil
+}
+
+// toProtoNow converts e for an admin, with its status as of now.
+func (s *eventServer) toProtoNow(e Event) *eventspb.Event {
+	sched := newSchedule(&e)
+	return toProto(e, e.viewAt(&sched, s.now()))
 }
 
 // updatableFields are the update_mask paths UpdateEvent accepts, each with how to copy that
 // field from the request onto the stored event.
 var updatableFields = map[string]func(dst *Event, src Event){
-	"title":       func(dst *Event, src Event) { dst.Title = src.Title },
-	"description": func(dst *Event, src Event) { dst.Description = src.Description },
-	"start_time":  func(dst *Event, src Event) { dst.Start = src.Start },
-	"end_time":    func(dst *Event, src Event) { dst.End = src.End },
-	"rewards":     func(dst *Event, src Event) { dst.Rewards = src.Rewards },
+	"title":        func(dst *Event, src Event) { dst.Title = src.Title },
+	"description":  func(dst *Event, src Event) { dst.Description = src.Description },
+	"start_time":   func(dst *Event, src Event) { dst.Start = src.Start },
+	"end_time":     func(dst *Event, src Event) { dst.End = src.End },
+	"rewards":      func(dst *Event, src Event) { dst.Rewards = src.Rewards },
+	"preview_time": func(dst *Event, src Event) { dst.Preview = src.Preview },
+	"recurrence":   func(dst *Event, src Event) { dst.Recurrence = src.Recurrence },
+	"priority":     func(dst *Event, src Event) { dst.Priority = src.Priority },
+	"labels":       func(dst *Event, src Event) { dst.Labels = src.Labels },
+	"state":        func(dst *Event, src Event) { dst.State = src.State },
 }
 
 func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEventRequest) (*eventspb.UpdateEventResponse, error) {
@@ -142,14 +161,16 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	}
 	for _, p := range paths {
 		if updatableFields[p] == nil {
-			return nil, s.grpcError(&fieldError{"update_mask", fmt.Sprintf("unknown path %q; want title, description, start_time, end_time or rewards", p)})
+			return nil, s.grpcError(&fieldError{"update_mask", fmt.Sprintf("unknown path %q; want one of %s",
+				p, strings.Join(slices.Sorted(maps.Keys(updatableFields)), ", "))})
 		}
 	}
-	in, err := eventFromFields(req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(), req.GetRewards())
+	in, err := eventFromFields(eventFields{req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(),
+		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState()})
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	got, gen, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), func(e *Event) error {
+	got, gen, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), req.GetValidateOnly(), func(e *Event) error {
 		for _, p := range paths {
 			updatableFields[p](e, in)
 		}
@@ -158,9 +179,11 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	s.rm.applied(ctx, gen, &got, "")
-	s.logWrite(ctx, "update", got.ID)
-	return &eventspb.UpdateEventResponse{Event: toProto(got)}, nil
+	if !req.GetValidateOnly() {
+		s.rm.applied(ctx, gen, &got, "")
+		s.logWrite(ctx, "update", got.ID)
+	}
+	return &eventspb.UpdateEventResponse{Event: s.toProtoNow(got)}, nil
 }
 
 func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEventRequest) (*eventspb.DeleteEventResponse, error) {
@@ -177,7 +200,81 @@ func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEvent
 }
 
 func (s *eventServer) ListEvents(ctx context.Context, req *eventspb.ListEventsRequest) (*eventspb.ListEventsResponse, error) {
-	return s.rm.snapshot().listResponse(), nil
+	q, err := adminQueryFrom(req)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	now := s.now()
+	if q.isDefault() {
+		return s.rm.firstPage(now), nil
+	}
+	t := now
+	if !q.at.IsZero() {
+		t = q.at
+	}
+	events, next, _ := s.rm.snapshot().adminPage(t, q)
+	return listResponse(events, next), nil
+}
+
+// adminQueryFrom checks a ListEvents request.
+func adminQueryFrom(req *eventspb.ListEventsRequest) (adminQuery, error) {
+	q := adminQuery{pageSize: int(req.GetPageSize())}
+	switch {
+	case q.pageSize == 0:
+		q.pageSize = defaultPageSize
+	case q.pageSize < 0 || q.pageSize > maxPageSize:
+		return q, &fieldError{"page_size", fmt.Sprintf("must be between 1 and %d (0 means %d), got %d", maxPageSize, defaultPageSize, q.pageSize)}
+	}
+	for _, st := range req.GetStatus() {
+		switch st {
+		case eventspb.EventStatus_EVENT_STATUS_ACTIVE:
+			q.statuses.add(statusActive)
+		case eventspb.EventStatus_EVENT_STATUS_UPCOMING:
+			q.statuses.add(statusUpcoming)
+		case eventspb.EventStatus_EVENT_STATUS_ENDED:
+			q.statuses.add(statusEnded)
+		default:
+			return q, &fieldError{"status", fmt.Sprintf("unknown status %v", st)}
+		}
+	}
+	for _, l := range req.GetLabels() {
+		if err := checkLabel(l); err != nil {
+			return q, &fieldError{"labels", err.Error()}
+		}
+	}
+	q.labels = req.GetLabels()
+	switch req.GetState() {
+	case eventspb.EventState_EVENT_STATE_UNSPECIFIED:
+	case eventspb.EventState_EVENT_STATE_PUBLISHED:
+		q.state = statePublished
+	case eventspb.EventState_EVENT_STATE_DRAFT:
+		q.state = stateDraft
+	default:
+		return q, &fieldError{"state", fmt.Sprintf("unknown state %v", req.GetState())}
+	}
+	if req.At != nil {
+		at, err := fromTimestamp("at", req.GetAt())
+		if err != nil {
+			return q, err
+		}
+		q.at = at
+	}
+	q.filter = defaultFilter
+	if q.statuses != 0 || len(q.labels) > 0 || q.state != "" || !q.at.IsZero() {
+		sum := sha256.Sum256(fmt.Appendf(nil, "%d|%s|%s|%d", q.statuses, strings.Join(slices.Sorted(slices.Values(q.labels)), ","), q.state, q.at.UnixNano()))
+		q.filter = hex.EncodeToString(sum[:8])
+	}
+	if tok := req.GetPageToken(); tok != "" {
+		k, err := parsePageToken(tok)
+		if err != nil {
+			return q, err
+		}
+		if k.Filter != q.filter {
+			return q, &fieldError{"page_token", "was issued for other filters; send the same status, labels, state and at"}
+		}
+		q.after = k
+	}
+	return q, nil
 }
 
 // logWrite records an admin write: who (key id), what, and which event.
@@ -224,16 +321,53 @@ func (s *eventServer) grpcError(err error) error {
 	return status.Error(codes.Internal, "internal error")
 }
 
+// eventFields are the admin-supplied fields of a create or update request.
+type eventFields struct {
+	title, description string
+	start, end         *timestamppb.Timestamp
+	rewards            string
+	preview            *timestamppb.Timestamp
+	recurrence         *eventspb.Recurrence
+	priority           int32
+	labels             []string
+	state              eventspb.EventState
+}
+
 // eventFromFields builds an event from the fields of a create or update. Only the
-// timestamps are checked here; the caller validates the event once it is complete.
-func eventFromFields(title, description string, start, end *timestamppb.Timestamp, rewards string) (Event, error) {
-	e := Event{Title: title, Description: description, Rewards: rewards}
+// timestamps and enums are checked here; the caller validates the event once it is complete.
+func eventFromFields(f eventFields) (Event, error) {
+	e := Event{Title: f.title, Description: f.description, Rewards: f.rewards, Priority: f.priority, Labels: f.labels}
 	var err error
-	if e.Start, err = fromTimestamp("start_time", start); err != nil {
+	if e.Start, err = fromTimestamp("start_time", f.start); err != nil {
 		return Event{}, err
 	}
-	if e.End, err = fromTimestamp("end_time", end); err != nil {
+	if e.End, err = fromTimestamp("end_time", f.end); err != nil {
 		return Event{}, err
+	}
+	if e.Preview, err = fromTimestamp("preview_time", f.preview); err != nil {
+		return Event{}, err
+	}
+	switch f.state {
+	case eventspb.EventState_EVENT_STATE_UNSPECIFIED, eventspb.EventState_EVENT_STATE_PUBLISHED:
+		e.State = statePublished
+	case eventspb.EventState_EVENT_STATE_DRAFT:
+		e.State = stateDraft
+	default:
+		return Event{}, &fieldError{"state", fmt.Sprintf("unknown state %v", f.state)}
+	}
+	if r := f.recurrence; r != nil {
+		e.Recurrence = Recurrence{Interval: int(r.GetInterval()), TimeZone: r.GetTimeZone(), Count: int(r.GetCount())}
+		switch r.GetUnit() {
+		case eventspb.Recurrence_UNIT_UNSPECIFIED:
+			e.Recurrence.Unit = "" // validate refuses other recurrence fields without a unit
+		case eventspb.Recurrence_HOURLY, eventspb.Recurrence_DAILY, eventspb.Recurrence_WEEKLY, eventspb.Recurrence_MONTHLY:
+			e.Recurrence.Unit = r.GetUnit().String()
+		default:
+			return Event{}, &fieldError{"recurrence.unit", fmt.Sprintf("unknown unit %v", r.GetUnit())}
+		}
+		if e.Recurrence.Until, err = fromTimestamp("recurrence.until", r.GetUntil()); err != nil {
+			return Event{}, err
+		}
 	}
 	return e, nil
 }
@@ -250,14 +384,36 @@ func fromTimestamp(field string, ts *timestamppb.Timestamp) (time.Time, error) {
 	return ts.AsTime(), nil
 }
 
-func toProto(e Event) *eventspb.Event {
-	return &eventspb.Event{
+// toProto converts e for an admin, with its status and next start as in v.
+func toProto(e Event, v view) *eventspb.Event {
+	p := &eventspb.Event{
 		Id: e.ID, Title: e.Title, Description: e.Description,
 		StartTime: timestamppb.New(e.Start), EndTime: timestamppb.New(e.End),
 		Rewards:   e.Rewards,
 		CreatedAt: timestamppb.New(e.CreatedAt), UpdatedAt: timestamppb.New(e.UpdatedAt),
-		Etag: e.ETag(),
+		Etag:     e.ETag(),
+		Priority: e.Priority,
+		Labels:   e.Labels,
+		State:    eventspb.EventState_EVENT_STATE_PUBLISHED,
+		Status:   map[eventStatus]eventspb.EventStatus{statusUpcoming: eventspb.EventStatus_EVENT_STATUS_UPCOMING, statusActive: eventspb.EventStatus_EVENT_STATUS_ACTIVE, statusEnded: eventspb.EventStatus_EVENT_STATUS_ENDED}[v.status],
 	}
+	if e.State == stateDraft {
+		p.State = eventspb.EventState_EVENT_STATE_DRAFT
+	}
+	if !e.Preview.IsZero() {
+		p.PreviewTime = timestamppb.New(e.Preview)
+	}
+	if !v.nextStart.IsZero() {
+		p.NextStartTime = timestamppb.New(v.nextStart)
+	}
+	if r := e.Recurrence; r.repeats() {
+		p.Recurrence = &eventspb.Recurrence{Interval: int32(r.Interval), TimeZone: r.TimeZone, Count: int32(r.Count),
+			Unit: eventspb.Recurrence_Unit(eventspb.Recurrence_Unit_value[r.Unit])}
+		if !r.Until.IsZero() {
+			p.Recurrence.Until = timestamppb.New(r.Until)
+		}
+	}
+	return p
 }
 
 // keyContextKey carries the caller's *keyEntry in a gRPC call's context.

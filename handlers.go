@@ -4,46 +4,134 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 )
 
 // eventJSON is an event as players see it over HTTP. Rewards is embedded as the JSON value
-// itself, not as a string holding JSON, so a game client parses the response once.
+// itself, not as a string holding JSON, so a game client parses the response once. For a
+// recurring event, the times are those of the occurrence shown (the active one, else the
+// next previewed one, else the last), and occurrence is its index.
 type eventJSON struct {
 	ID          string          `json:"id"`
 	Title       string          `json:"title"`
 	Description string          `json:"description"`
+	Status      string          `json:"status"`
 	StartTime   time.Time       `json:"start_time"`
 	EndTime     time.Time       `json:"end_time"`
+	PreviewTime *time.Time      `json:"preview_time,omitempty"`
+	Occurrence  *int            `json:"occurrence,omitempty"`
+	Priority    int32           `json:"priority"`
+	Labels      []string        `json:"labels"`
 	Rewards     json.RawMessage `json:"rewards"`
 	CreatedAt   time.Time       `json:"created_at"`
 	UpdatedAt   time.Time       `json:"updated_at"`
 	ETag        string          `json:"etag"`
 }
 
-func toJSON(e Event) eventJSON {
-	return eventJSON{
-		ID: e.ID, Title: e.Title, Description: e.Description,
-		StartTime: e.Start, EndTime: e.End, Rewards: json.RawMessage(e.Rewards),
-		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, ETag: e.ETag(),
+// toJSON shapes e as it stands in v for players.
+func toJSON(e Event, v view) eventJSON {
+	j := eventJSON{
+		ID: e.ID, Title: e.Title, Description: e.Description, Status: v.status.String(),
+		StartTime: v.start, EndTime: v.end, Priority: e.Priority, Labels: e.Labels,
+		Rewards: json.RawMessage(e.Rewards), CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, ETag: e.ETag(),
 	}
+	if j.Labels == nil {
+		j.Labels = []string{}
+	}
+	if !e.Preview.IsZero() {
+		p := v.start.Add(-e.Start.Sub(e.Preview))
+		j.PreviewTime = &p
+	}
+	if e.Recurrence.repeats() {
+		j.Occurrence = &v.occurrence
+	}
+	return j
 }
 
-// handleEvents serves GET /events: the events active now. The answer comes encoded from
-// the read model, so a request checks the key, picks the bytes and writes them.
-func handleEvents(rm *readModel) http.Handler {
+// handleEvents serves GET /events: by default the events active now. The common answer
+// comes encoded from the read model, so such a request checks the key, picks the bytes and
+// writes them. Query parameters:
+//
+//	status=active,upcoming,ended  which statuses to include (repeatable; default active)
+//	label=shop&label=pvp          only events with any of these labels
+//	at=2027-01-01T20:00:00Z       answer as of that instant; only with -allow-time-travel
+func handleEvents(rm *readModel, allowTimeTravel bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		now := rm.now()
-		a := rm.activeAt(now)
-		serveCached(w, r, a.resp, a.until.Sub(now))
+		if r.URL.RawQuery == "" {
+			a := rm.activeAt(now)
+			serveCached(w, r, a.resp, a.until.Sub(now))
+			return
+		}
+		q, at, err := parsePlayerQuery(r.URL.Query(), allowTimeTravel)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if at.IsZero() && q.isDefault() {
+			a := rm.activeAt(now)
+			serveCached(w, r, a.resp, a.until.Sub(now))
+			return
+		}
+		t := now
+		if !at.IsZero() {
+			t = at
+		}
+		events, until := rm.snapshot().playerEvents(t, q)
+		body, tagged := playerListBody(t, events)
+		fresh := until.Sub(t)
+		if !at.IsZero() {
+			fresh = 0 // time travel is for testing: never cache it
+		}
+		serveCached(w, r, newCachedResponse(body, tagged), fresh)
 	})
 }
 
-// handleEvent serves GET /events/{id}. Players see an event once it has started, and after
-// it ended; an event that has not started yet is 404, so the schedule cannot be read early.
+// parsePlayerQuery reads GET /events's query parameters.
+func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Time, error) {
+	var q playerQuery
+	for _, list := range v["status"] {
+		for _, name := range strings.Split(list, ",") {
+			switch strings.TrimSpace(name) {
+			case "active":
+				q.statuses.add(statusActive)
+			case "upcoming":
+				q.statuses.add(statusUpcoming)
+			case "ended":
+				q.statuses.add(statusEnded)
+			default:
+				return q, time.Time{}, &fieldError{"status", fmt.Sprintf("unknown status %q; want active, upcoming or ended", name)}
+			}
+		}
+	}
+	for _, l := range v["label"] {
+		if err := checkLabel(l); err != nil {
+			return q, time.Time{}, &fieldError{"label", err.Error()}
+		}
+		q.labels = append(q.labels, l)
+	}
+	var at time.Time
+	if s := v.Get("at"); s != "" {
+		if !allowTimeTravel {
+			return q, time.Time{}, &fieldError{"at", "time travel is off on this server (start it with -allow-time-travel)"}
+		}
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			return q, time.Time{}, &fieldError{"at", "must be an RFC 3339 time such as 2027-01-01T20:00:00+01:00"}
+		}
+		at = t.UTC()
+	}
+	return q, at, nil
+}
+
+// handleEvent serves GET /events/{id}: the event while players may see it (previewed,
+// active or ended). A draft, or an event not yet previewed or started, is 404, so the
+// schedule cannot be read early.
 func handleEvent(rm *readModel) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
@@ -53,17 +141,22 @@ func handleEvent(rm *readModel) http.Handler {
 		}
 		now := rm.now()
 		e, ok := rm.snapshot().get(id)
-		if !ok || now.Before(e.Start) {
+		var v view
+		if ok {
+			v = e.viewAt(now)
+		}
+		if !ok || !v.visible {
 			writeError(w, http.StatusNotFound, "no event with id "+id)
 			return
 		}
-		// The answer changes when the event ends (its status, for clients that compute one)
-		// or is edited; an edit is a new snapshot entry.
-		fresh := maxCacheAge
-		if now.Before(e.End) {
-			fresh = e.End.Sub(now)
-		}
-		serveCached(w, r, e.playerResponse(), fresh)
+		event := mustJSON(toJSON(e.Event, v))
+		body := make([]byte, 0, len(event)+40)
+		body = append(body, `{"server_time":"`...)
+		body = now.UTC().AppendFormat(body, time.RFC3339)
+		body = append(body, `",`...)
+		body = append(body, event[1:]...)
+		body = append(body, '\n')
+		serveCached(w, r, newCachedResponse(body, event), v.until.Sub(now))
 	})
 }
 
@@ -134,6 +227,7 @@ func acceptsGzip(values []string) bool {
 // etagListMatches reports whether an If-None-Match header matches etag, with the weak
 // comparison RFC 9110 asks for: W/ prefixes are ignored, and * matches anything.
 func etagListMatches(values []string, etag string) bool {
+	etag = strings.TrimPrefix(etag, "W/")
 	for _, v := range values {
 		for v != "" {
 			var item string

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -43,6 +42,9 @@ type readModel struct {
 
 	activeMu sync.Mutex // serialises rebuilding active
 	active   atomic.Pointer[activeSet]
+
+	adminMu    sync.Mutex // serialises rebuilding adminFirst
+	adminFirst atomic.Pointer[adminPage]
 }
 
 func newReadModel(ctx context.Context, st *store, now func() time.Time, log *logger) (*readModel, error) {
@@ -102,64 +104,39 @@ func (rm *readModel) refresh(ctx context.Context) error {
 	return rm.load(ctx)
 }
 
-// entry is an event in a snapshot, with its encodings, made on first use and kept for the
-// life of the entry (an update makes a new entry).
+// entry is an event in a snapshot, with what the read path needs to know about its
+// schedule worked out once.
 type entry struct {
 	Event
-	player atomic.Pointer[cachedResponse] // GET /events/{id}
-	json   atomic.Pointer[[]byte]         // the event's JSON object
-	pb     atomic.Pointer[[]byte]         // the event as a serialized eventspb.Event
+	sched     schedule
+	firstSeen time.Time // when players may first see it: its preview time, else its start
+	end       time.Time // when its last occurrence ends; forever for an endless recurrence
 }
 
-func (e *entry) jsonBytes() []byte {
-	if b := e.json.Load(); b != nil {
-		return *b
-	}
-	b, err := json.Marshal(toJSON(e.Event))
-	if err != nil {
-		panic(fmt.Sprintf("encode event %s: %v", e.ID, err)) // a plain struct of strings and times
-	}
-	e.json.Store(&b)
-	return b
+func newEntry(e Event) *entry {
+	en := &entry{Event: e, sched: newSchedule(&e)}
+	en.firstSeen = en.Start.Add(-en.sched.lead)
+	en.end = en.sched.seriesEnd()
+	return en
 }
 
-func (e *entry) pbBytes() []byte {
-	if b := e.pb.Load(); b != nil {
-		return *b
-	}
-	b, err := proto.Marshal(toProto(e.Event))
-	if err != nil {
-		panic(fmt.Sprintf("encode event %s: %v", e.ID, err))
-	}
-	e.pb.Store(&b)
-	return b
-}
-
-// playerResponse returns the cached GET /events/{id} response for the event.
-func (e *entry) playerResponse() *cachedResponse {
-	if c := e.player.Load(); c != nil {
-		return c
-	}
-	c := newCachedResponse(append(e.jsonBytes(), '\n'))
-	e.player.Store(c)
-	return c
-}
+func (e *entry) viewAt(t time.Time) view { return e.Event.viewAt(&e.sched, t) }
 
 // snapshot is every event at one events generation. It is never modified.
 type snapshot struct {
 	gen     int64
-	byStart []*entry // every event, ordered by start time, then id
+	ordered []*entry // every event in list order: priority (highest first), start time, id
 	byID    []*entry // every event, ordered by id
-	// open holds the events that had not ended when the snapshot was made, ordered by start
-	// time, then id: the only ones that can be active now or later, so working out what is
-	// active costs nothing for the ended events, however many there are.
+	// open holds the published events that had not ended when the snapshot was made, ordered
+	// by when players may first see them: the only ones players can see now or later, so
+	// working out what they see costs nothing for ended events, however many there are.
 	open []*entry
-
-	listOnce sync.Once
-	list     []byte // every event as a serialized ListEventsResponse, made on first use
 }
 
-func byStartThenID(a, b *entry) int {
+func listOrder(a, b *entry) int {
+	if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
+		return c
+	}
 	if c := a.Start.Compare(b.Start); c != 0 {
 		return c
 	}
@@ -168,21 +145,29 @@ func byStartThenID(a, b *entry) int {
 
 func byIDOnly(a, b *entry) int { return cmp.Compare(a.ID, b.ID) }
 
-func newSnapshot(gen int64, events []Event, now time.Time) *snapshot {
-	s := &snapshot{gen: gen, byStart: make([]*entry, len(events))}
-	for i := range events {
-		s.byStart[i] = &entry{Event: events[i]}
+func openOrder(a, b *entry) int {
+	if c := a.firstSeen.Compare(b.firstSeen); c != 0 {
+		return c
 	}
-	// The store returns them in this order; sorting sorted input is one cheap pass, and the
-	// snapshot's correctness then does not rest on the store's promise.
-	slices.SortFunc(s.byStart, byStartThenID)
-	s.byID = slices.Clone(s.byStart)
+	return cmp.Compare(a.ID, b.ID)
+}
+
+func isOpen(e *entry, now time.Time) bool { return e.State != stateDraft && e.end.After(now) }
+
+func newSnapshot(gen int64, events []Event, now time.Time) *snapshot {
+	s := &snapshot{gen: gen, ordered: make([]*entry, len(events))}
+	for i := range events {
+		s.ordered[i] = newEntry(events[i])
+	}
+	slices.SortFunc(s.ordered, listOrder)
+	s.byID = slices.Clone(s.ordered)
 	slices.SortFunc(s.byID, byIDOnly)
-	for _, e := range s.byStart {
-		if e.End.After(now) {
+	for _, e := range s.ordered {
+		if isOpen(e, now) {
 			s.open = append(s.open, e)
 		}
 	}
+	slices.SortFunc(s.open, openOrder)
 	return s
 }
 
@@ -192,21 +177,21 @@ func (s *snapshot) with(gen int64, e *Event, deletedID string, now time.Time) *s
 	id := deletedID
 	var added *entry
 	if e != nil {
-		id, added = e.ID, &entry{Event: *e}
+		id, added = e.ID, newEntry(*e)
 	}
 	old, _ := s.get(id)
 	next := &snapshot{gen: gen,
-		byStart: edit(s.byStart, old, added, byStartThenID),
+		ordered: edit(s.ordered, old, added, listOrder),
 		byID:    edit(s.byID, old, added, byIDOnly),
 	}
 	next.open = make([]*entry, 0, len(s.open)+1)
 	for _, o := range s.open {
-		if o != old && o.End.After(now) {
+		if o != old && o.end.After(now) {
 			next.open = append(next.open, o)
 		}
 	}
-	if added != nil && added.End.After(now) {
-		i, _ := slices.BinarySearchFunc(next.open, added, byStartThenID)
+	if added != nil && isOpen(added, now) {
+		i, _ := slices.BinarySearchFunc(next.open, added, openOrder)
 		next.open = slices.Insert(next.open, i, added)
 	}
 	return next
@@ -238,79 +223,142 @@ func (s *snapshot) get(id string) (*entry, bool) {
 	return s.byID[i], true
 }
 
-// listResponse returns every event as a ListEventsResponse, for sending. The events are
-// already encoded and ride in the message as its raw (unknown) field bytes, so sending it
-// copies bytes instead of encoding thousands of events again for every call; the receiver
-// decodes them as ordinary events. In this process, GetEvents of the returned message is
-// empty: it is for the wire only.
-func (s *snapshot) listResponse() *eventspb.ListEventsResponse {
-	s.listOnce.Do(func() {
-		var b []byte
-		for _, e := range s.byStart {
-			b = protowire.AppendTag(b, 1, protowire.BytesType) // ListEventsResponse.events
-			b = protowire.AppendBytes(b, e.pbBytes())
-		}
-		s.list = b
-	})
-	resp := &eventspb.ListEventsResponse{}
-	resp.ProtoReflect().SetUnknown(protoreflect.RawFields(s.list))
-	return resp
+// statusSet is a set of statuses, one bit each.
+type statusSet uint8
+
+func (s statusSet) has(st eventStatus) bool { return s&(1<<st) != 0 }
+func (s *statusSet) add(st eventStatus)     { *s |= 1 << st }
+
+// playerQuery is what a player asks GET /events for.
+type playerQuery struct {
+	statuses statusSet // empty means active only
+	labels   []string  // any of them; empty means no filter
 }
 
-// activeSet is the answer to GET /events between two instants at which it can change.
+func (q playerQuery) isDefault() bool {
+	return (q.statuses == 0 || q.statuses == 1<<statusActive) && len(q.labels) == 0
+}
+
+// matches reports whether an event with the given labels and view answers q.
+func (q playerQuery) matches(labels []string, v view) bool {
+	want := q.statuses
+	if want == 0 {
+		want = 1 << statusActive
+	}
+	if !v.visible || !want.has(v.status) {
+		return false
+	}
+	if len(q.labels) == 0 {
+		return true
+	}
+	for _, l := range q.labels {
+		if slices.Contains(labels, l) {
+			return true
+		}
+	}
+	return false
+}
+
+// shown is an event with its view, as a list shows it.
+type shown struct {
+	e *entry
+	v view
+}
+
+// playerEvents returns what players asking q see at t, in list order (priority, then the
+// shown occurrence's start, then id), and until when that answer holds.
+func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time) {
+	until := forever
+	var out []shown
+	for _, e := range s.open {
+		if e.firstSeen.After(t) {
+			// open is ordered by firstSeen: no later event is visible yet, and this one
+			// becomes visible first.
+			until = minTime(until, e.firstSeen)
+			break
+		}
+		v := e.viewAt(t)
+		until = minTime(until, v.until)
+		if q.matches(e.Labels, v) {
+			out = append(out, shown{e, v})
+		}
+	}
+	slices.SortFunc(out, func(a, b shown) int {
+		if c := cmp.Compare(b.e.Priority, a.e.Priority); c != 0 {
+			return c
+		}
+		if c := a.v.start.Compare(b.v.start); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.e.ID, b.e.ID)
+	})
+	return out, until
+}
+
+// playerListBody encodes a GET /events answer: {"server_time":...,"events":[...]}. It
+// returns the body and the events array alone, from which the ETag is made.
+func playerListBody(t time.Time, events []shown) (body, eventsJSON []byte) {
+	var buf bytes.Buffer
+	buf.WriteString(`{"server_time":"`)
+	buf.Write(t.UTC().AppendFormat(nil, time.RFC3339))
+	buf.WriteString(`","events":`)
+	start := buf.Len()
+	buf.WriteByte('[')
+	for i, s := range events {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(mustJSON(toJSON(s.e.Event, s.v)))
+	}
+	buf.WriteByte(']')
+	end := buf.Len()
+	buf.WriteString("}\n")
+	b := buf.Bytes()
+	return b, b[start:end]
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("encode %T: %v", v, err)) // plain structs of strings, numbers and times
+	}
+	return b
+}
+
+// activeSet is the default GET /events answer (active events, no filter) for one second of
+// server time, at most, and only while nothing in it changes.
 type activeSet struct {
 	gen         int64     // the snapshot it was made from
+	second      int64     // the server_time it carries, in Unix seconds
 	from, until time.Time // valid for from <= now < until
 	resp        *cachedResponse
 }
 
-// activeAt returns the GET /events answer at now, from cache when it is still valid.
+func (a *activeSet) validAt(gen int64, now time.Time) bool {
+	return a != nil && a.gen == gen && a.second == now.Unix() && !now.Before(a.from) && now.Before(a.until)
+}
+
+// activeAt returns the default GET /events answer at now, from cache when it is still valid.
 func (rm *readModel) activeAt(now time.Time) *activeSet {
 	snap := rm.snap.Load()
-	if a := rm.active.Load(); a != nil && a.gen == snap.gen && !now.Before(a.from) && now.Before(a.until) {
+	if a := rm.active.Load(); a.validAt(snap.gen, now) {
 		return a
 	}
 	rm.activeMu.Lock()
 	defer rm.activeMu.Unlock()
 	snap = rm.snap.Load()
-	if a := rm.active.Load(); a != nil && a.gen == snap.gen && !now.Before(a.from) && now.Before(a.until) {
+	if a := rm.active.Load(); a.validAt(snap.gen, now) {
 		return a // another request rebuilt it while this one waited
 	}
-	a := snap.activeAt(now)
+	events, until := snap.playerEvents(now, playerQuery{})
+	body, tagged := playerListBody(now, events)
+	a := &activeSet{gen: snap.gen, second: now.Unix(), from: now, until: until, resp: newCachedResponse(body, tagged)}
 	rm.active.Store(a)
 	return a
 }
 
 // forever stands for "no boundary ahead".
 var forever = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// activeAt works out which events are active at now and until when that holds.
-func (s *snapshot) activeAt(now time.Time) *activeSet {
-	a := &activeSet{gen: s.gen, from: now, until: forever}
-	var buf bytes.Buffer
-	buf.WriteString(`{"events":[`)
-	n := 0
-	for _, e := range s.open {
-		if e.Start.After(now) {
-			// open is ordered by start: this is the next event to begin, and no later one
-			// can begin sooner.
-			a.until = minTime(a.until, e.Start)
-			break
-		}
-		if !e.End.After(now) {
-			continue
-		}
-		a.until = minTime(a.until, e.End)
-		if n > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(e.jsonBytes())
-		n++
-	}
-	buf.WriteString("]}\n")
-	a.resp = newCachedResponse(buf.Bytes())
-	return a
-}
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {
@@ -339,12 +387,16 @@ type gzipped struct {
 // minGzipSize is the body size below which gzip is not worth its header and CPU.
 const minGzipSize = 1024
 
-func newCachedResponse(body []byte) *cachedResponse {
-	sum := sha256.Sum256(body)
+// newCachedResponse prepares body for sending. Its ETag is made from tagged, the part of
+// the body that says something about the events: everything but server_time, which
+// differs from second to second. The ETag is weak for that reason: two bodies with one
+// ETag are equivalent, not byte for byte the same.
+func newCachedResponse(body, tagged []byte) *cachedResponse {
+	sum := sha256.Sum256(tagged)
 	tag := base64.RawURLEncoding.EncodeToString(sum[:18])
 	return &cachedResponse{
 		body:   body,
-		etag:   []string{`"` + tag + `"`},
+		etag:   []string{`W/"` + tag + `"`},
 		length: []string{strconv.Itoa(len(body))},
 		tag:    tag,
 	}
@@ -371,9 +423,151 @@ func (c *cachedResponse) gzipped() *gzipped {
 		c.gz = &gzipped{
 			body: buf.Bytes(),
 			// A strong ETag names one representation, so the gzip form gets its own.
-			etag:   []string{`"` + c.tag + `-gz"`},
+			etag:   []string{`W/"` + c.tag + `-gz"`},
 			length: []string{strconv.Itoa(buf.Len())},
 		}
 	})
 	return c.gz
+}
+
+// adminQuery is a checked ListEvents request.
+type adminQuery struct {
+	pageSize int
+	after    *pageKey // resume after this event; nil for the first page
+	statuses statusSet
+	labels   []string
+	state    string    // "" for any
+	at       time.Time // zero for now
+	filter   string    // identifies the filters, so a token is used only with its own
+}
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+func (q adminQuery) isDefault() bool {
+	return q.pageSize == defaultPageSize && q.after == nil && q.statuses == 0 && len(q.labels) == 0 && q.state == "" && q.at.IsZero()
+}
+
+// pageKey is where a page ended, in list order. A token carries it, so the next page starts
+// right after that event wherever it now stands: inserts and deletes never make a page skip
+// or repeat an event that stayed.
+type pageKey struct {
+	Priority int32  `json:"p"`
+	Start    int64  `json:"s"`
+	ID       string `json:"i"`
+	Filter   string `json:"f"`
+}
+
+func (k *pageKey) token() string {
+	return base64.RawURLEncoding.EncodeToString(mustJSON(k))
+}
+
+func parsePageToken(s string) (*pageKey, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	var k pageKey
+	if err != nil || json.Unmarshal(b, &k) != nil || !validID(k.ID) {
+		return nil, &fieldError{"page_token", "is not a token this server issued"}
+	}
+	return &k, nil
+}
+
+func (q adminQuery) matches(e *entry, v view) bool {
+	if q.statuses != 0 && !q.statuses.has(v.status) {
+		return false
+	}
+	if q.state != "" && e.State != q.state {
+		return false
+	}
+	if len(q.labels) == 0 {
+		return true
+	}
+	for _, l := range q.labels {
+		if slices.Contains(e.Labels, l) {
+			return true
+		}
+	}
+	return false
+}
+
+// adminPage returns one page of ListEvents as of t, the key to resume after it (nil on the
+// last page), and until when the page holds.
+func (s *snapshot) adminPage(t time.Time, q adminQuery) ([]shown, *pageKey, time.Time) {
+	i := 0
+	if q.after != nil {
+		i, _ = slices.BinarySearchFunc(s.ordered, q.after, func(e *entry, k *pageKey) int {
+			return listOrder(e, &entry{Event: Event{Priority: k.Priority, Start: fromNanos(k.Start), ID: k.ID}})
+		})
+		if i < len(s.ordered) && s.ordered[i].ID == q.after.ID {
+			i++
+		}
+	}
+	until := forever
+	var out []shown
+	for ; i < len(s.ordered); i++ {
+		e := s.ordered[i]
+		v := e.viewAt(t)
+		if !q.matches(e, v) {
+			continue
+		}
+		if len(out) == q.pageSize {
+			last := out[len(out)-1].e
+			return out, &pageKey{Priority: last.Priority, Start: last.Start.UnixNano(), ID: last.ID, Filter: q.filter}, until
+		}
+		until = minTime(until, v.until)
+		out = append(out, shown{e, v})
+	}
+	return out, nil, until
+}
+
+// adminPage is the default ListEvents answer (first page, no filters), encoded, for as long
+// as no status or next start in it changes.
+type adminPage struct {
+	gen         int64
+	from, until time.Time
+	raw         []byte // a serialized ListEventsResponse
+}
+
+// firstPage returns the default ListEvents answer at now. Its events ride pre-encoded in the
+// message's raw (unknown) field bytes, which the server's codec sends as they are: a call
+// costs neither encoding nor a copy. In this process GetEvents of the message is empty: it
+// is for the wire only.
+func (rm *readModel) firstPage(now time.Time) *eventspb.ListEventsResponse {
+	snap := rm.snap.Load()
+	valid := func(p *adminPage) bool {
+		return p != nil && p.gen == snap.gen && !now.Before(p.from) && now.Before(p.until)
+	}
+	p := rm.adminFirst.Load()
+	if !valid(p) {
+		rm.adminMu.Lock()
+		snap = rm.snap.Load()
+		if p = rm.adminFirst.Load(); !valid(p) {
+			events, next, until := snap.adminPage(now, adminQuery{pageSize: defaultPageSize, filter: defaultFilter})
+			raw, err := proto.Marshal(listResponse(events, next))
+			if err != nil {
+				panic(fmt.Sprintf("encode ListEventsResponse: %v", err)) // generated messages always encode
+			}
+			p = &adminPage{gen: snap.gen, from: now, until: until, raw: raw}
+			rm.adminFirst.Store(p)
+		}
+		rm.adminMu.Unlock()
+	}
+	resp := &eventspb.ListEventsResponse{}
+	resp.ProtoReflect().SetUnknown(protoreflect.RawFields(p.raw))
+	return resp
+}
+
+// defaultFilter identifies "no filters" in page tokens.
+const defaultFilter = "-"
+
+func listResponse(events []shown, next *pageKey) *eventspb.ListEventsResponse {
+	resp := &eventspb.ListEventsResponse{Events: make([]*eventspb.Event, len(events))}
+	for i, s := range events {
+		resp.Events[i] = toProto(s.e.Event, s.v)
+	}
+	if next != nil {
+		resp.NextPageToken = next.token()
+	}
+	return resp
 }

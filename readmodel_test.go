@@ -78,7 +78,7 @@ func TestActiveWindowBoundaries(t *testing.T) {
 	c := &clock{t0}
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "window", t0, t0.Add(time.Hour))
-	h := handleEvents(rm)
+	h := handleEvents(rm, false)
 
 	tests := []struct {
 		name   string
@@ -109,7 +109,7 @@ func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "now", t0.Add(-time.Hour), t0.Add(time.Hour))
 	write(t, st, rm, "soon", t0.Add(10*time.Minute), t0.Add(2*time.Hour))
-	h := handleEvents(rm)
+	h := handleEvents(rm, false)
 
 	resp := getEvents(t, h, nil)
 	if got := activeTitles(t, resp); got != "now" {
@@ -145,7 +145,7 @@ func TestActiveOrdering(t *testing.T) {
 	if tie.ID < late.ID {
 		want = "early,tie,late"
 	}
-	if got := activeTitles(t, getEvents(t, handleEvents(rm), nil)); got != want {
+	if got := activeTitles(t, getEvents(t, handleEvents(rm, false), nil)); got != want {
 		t.Fatalf("GET /events order = %s; want %s (start time, then id)", got, want)
 	}
 }
@@ -153,7 +153,7 @@ func TestActiveOrdering(t *testing.T) {
 func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 	c := &clock{t0}
 	st, rm := newTestReadModel(t, c)
-	h := handleEvents(rm)
+	h := handleEvents(rm, false)
 	if got := activeTitles(t, getEvents(t, h, nil)); got != "" {
 		t.Fatalf("empty database: %q", got)
 	}
@@ -162,7 +162,7 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 		t.Fatalf("after a create: %q; want new", got)
 	}
 
-	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", t0, func(u *Event) error { u.Title = "renamed"; return nil })
+	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", t0, false, func(u *Event) error { u.Title = "renamed"; return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 			}
 			rm.applied(ctx, gen, nil, id)
 		case 1:
-			upd, gen, err := st.UpdateEvent(ctx, id, "", t0, func(u *Event) error {
+			upd, gen, err := st.UpdateEvent(ctx, id, "", t0, false, func(u *Event) error {
 				u.Start = u.Start.Add(-90 * time.Minute)
 				return nil
 			})
@@ -258,9 +258,9 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 		}
 		return true
 	}
-	if got.gen != want.gen || !same(got.byStart, want.byStart) || !same(got.byID, want.byID) || !same(got.open, want.open) {
+	if got.gen != want.gen || !same(got.ordered, want.ordered) || !same(got.byID, want.byID) || !same(got.open, want.open) {
 		t.Fatalf("incremental snapshot differs from a fresh one: gen %d/%d, %d/%d events, %d/%d open",
-			got.gen, want.gen, len(got.byStart), len(want.byStart), len(got.open), len(want.open))
+			got.gen, want.gen, len(got.ordered), len(want.ordered), len(got.open), len(want.open))
 	}
 }
 
@@ -270,12 +270,12 @@ func TestConditionalRequestsAndCaching(t *testing.T) {
 	for range 10 { // enough to be worth compressing
 		write(t, st, rm, "a festival with a reasonably long title", t0.Add(-time.Hour), t0.Add(20*time.Second))
 	}
-	h := handleEvents(rm)
+	h := handleEvents(rm, false)
 
 	resp := getEvents(t, h, nil)
 	etag := resp.Header.Get("ETag")
 	plain, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !strings.HasPrefix(etag, `"`) || resp.Header.Get("Vary") != "Authorization, Accept-Encoding" {
+	if resp.StatusCode != 200 || !strings.HasPrefix(etag, `W/"`) || resp.Header.Get("Vary") != "Authorization, Accept-Encoding" {
 		t.Fatalf("status %d, ETag %q, Vary %q", resp.StatusCode, etag, resp.Header.Get("Vary"))
 	}
 	// The answer changes in 20 s, when the events end: max-age must not run past that.
@@ -283,7 +283,7 @@ func TestConditionalRequestsAndCaching(t *testing.T) {
 		t.Fatalf("Cache-Control %q; want max-age=20", cc)
 	}
 
-	for _, inm := range []string{etag, "W/" + etag, `"other", ` + etag, "*"} {
+	for _, inm := range []string{etag, strings.TrimPrefix(etag, "W/"), `"other", ` + etag, "*"} {
 		resp = getEvents(t, h, http.Header{"If-None-Match": {inm}})
 		body, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != 304 || len(body) != 0 || resp.Header.Get("ETag") != etag {
@@ -351,7 +351,7 @@ func TestListEventsComesFromTheSnapshot(t *testing.T) {
 
 func TestServerSeesAnotherProcessWrite(t *testing.T) {
 	ts := startServer(t, "-reload-interval", "50ms")
-	if _, _, body := ts.get(t, "/events", ts.user); strings.TrimSpace(string(body)) != `{"events":[]}` {
+	if _, _, body := ts.get(t, "/events", ts.user); !strings.Contains(string(body), `"events":[]`) {
 		t.Fatalf("before: %s", body)
 	}
 	// A second connection pool on the same file writes, as another process would.

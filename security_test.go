@@ -33,7 +33,7 @@ func TestEveryRouteAndRPCHasARole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	patterns := addRoutes(http.NewServeMux(), st, rm, g, log)
+	patterns := addRoutes(http.NewServeMux(), st, rm, g, false, log)
 	registered := map[string]bool{}
 	for _, p := range patterns {
 		registered[p] = true

@@ -26,6 +26,7 @@ type config struct {
 	reloadInterval  time.Duration
 	shutdownTimeout time.Duration
 	busyTimeout     time.Duration
+	allowTimeTravel bool
 	limits          limits
 }
 
@@ -61,6 +62,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("LIVEOPS_TLS_KEY"), "TLS private key file (env LIVEOPS_TLS_KEY)")
 	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key and event changes made by other processes")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
+	fs.BoolVar(&cfg.allowTimeTravel, "allow-time-travel", getenv("LIVEOPS_ALLOW_TIME_TRAVEL") == "true",
+		"let players' GET /events?at=TIME answer as of another instant, for staging builds (env LIVEOPS_ALLOW_TIME_TRAVEL=true)")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
 	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
@@ -158,7 +161,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	lim := cfg.limits
 	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, time.Now)}
 	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, time.Now, log)
-	srv := newHTTPServer(newServer(st, rm, g, gs, log), lim, log)
+	srv := newHTTPServer(newServer(st, rm, g, gs, cfg.allowTimeTravel, log), lim, log)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -313,9 +316,9 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 
 // newServer builds the one handler that serves both protocols on one port: HTTP/2 requests
 // with a gRPC content type go to the gRPC server, everything else to the HTTP routes.
-func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, log *logger) http.Handler {
+func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, allowTimeTravel bool, log *logger) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, st, rm, g, log)
+	addRoutes(mux, st, rm, g, allowTimeTravel, log)
 	httpHandler := logRequests(log, securityHeaders(mux))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
@@ -335,7 +338,7 @@ func isGRPC(contentType string) bool {
 
 // addRoutes lists the whole HTTP API. Each route is wrapped in the role routeRoles gives it.
 // It returns the patterns it registered.
-func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, log *logger) []string {
+func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, allowTimeTravel bool, log *logger) []string {
 	var patterns []string
 	handle := func(pattern string, h http.Handler) {
 		need, ok := routeRoles[pattern]
@@ -350,7 +353,7 @@ func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, log *logg
 		patterns = append(patterns, pattern)
 	}
 	handle("GET /healthz", handleHealthz(st, log))
-	handle("GET /events", handleEvents(rm))
+	handle("GET /events", handleEvents(rm, allowTimeTravel))
 	handle("GET /events/{id}", handleEvent(rm))
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.

@@ -414,7 +414,10 @@ func (st *store) Event(ctx context.Context, id string) (Event, error) {
 // event's current one, or UpdateEvent returns errStale and changes nothing. It returns the
 // event as stored after the write, with a new version, and the events generation; or
 // errNotFound.
-func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, change func(*Event) error) (Event, int64, error) {
+//
+// With dryRun, UpdateEvent checks everything (existence, etag, change) and returns the event
+// as it would be, but writes nothing; the generation is 0.
+func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, dryRun bool, change func(*Event) error) (Event, int64, error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
 		return Event{}, 0, storeError("update event", err)
@@ -436,6 +439,9 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time
 		return Event{}, 0, err
 	}
 	e.ID, e.CreatedAt, e.UpdatedAt, e.Version = id, created, now, read+1
+	if dryRun {
+		return e, 0, nil // the deferred Rollback ends the transaction
+	}
 	// The write lock is held since BEGIN IMMEDIATE, so the version cannot have moved; the
 	// condition is still in the UPDATE so that it alone would be enough.
 	res, err := tx.ExecContext(ctx,

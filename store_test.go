@@ -79,7 +79,7 @@ func TestStoreEventCRUD(t *testing.T) {
 	}
 
 	var want Event
-	got, gen, err = st.UpdateEvent(ctx, e.ID, "", t0.Add(time.Minute), func(u *Event) error {
+	got, gen, err = st.UpdateEvent(ctx, e.ID, "", t0.Add(time.Minute), false, func(u *Event) error {
 		u.Title, u.Description, u.Rewards = "Winter Festival II", "", "[1,2]"
 		u.Start, u.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
 		u.CreatedAt = time.Time{} // an update must not touch created_at
@@ -99,7 +99,7 @@ func TestStoreEventCRUD(t *testing.T) {
 
 	// A refused change leaves the event as it was.
 	refuse := errors.New("no")
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, func(u *Event) error { u.Title = "changed"; return refuse }); err != refuse {
+	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, false, func(u *Event) error { u.Title = "changed"; return refuse }); err != refuse {
 		t.Fatalf("UpdateEvent with a refusing change = %v", err)
 	}
 	if again, _ := st.Event(ctx, e.ID); !reflect.DeepEqual(again, want) {
@@ -115,7 +115,7 @@ func TestStoreEventCRUD(t *testing.T) {
 	if _, err := st.DeleteEvent(ctx, e.ID, ""); !errors.Is(err, errNotFound) {
 		t.Fatalf("second DeleteEvent: err = %v; want errNotFound", err)
 	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
+	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, false, func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
 		t.Fatalf("UpdateEvent of deleted event: err = %v; want errNotFound", err)
 	}
 }
@@ -128,11 +128,11 @@ func TestStoreETags(t *testing.T) {
 	rename := func(title string) func(*Event) error {
 		return func(u *Event) error { u.Title = title; return nil }
 	}
-	u, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, rename("first"))
+	u, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, false, rename("first"))
 	if err != nil {
 		t.Fatalf("update with the current etag: %v", err)
 	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, rename("second")); !errors.Is(err, errStale) {
+	if _, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, false, rename("second")); !errors.Is(err, errStale) {
 		t.Fatalf("update with a stale etag: %v; want errStale", err)
 	}
 	if _, err := st.DeleteEvent(ctx, e.ID, stale); !errors.Is(err, errStale) {

@@ -29,8 +29,255 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// EventStatus is where an event stands at an instant, as the server computes it.
+type EventStatus int32
+
+const (
+	EventStatus_EVENT_STATUS_UNSPECIFIED EventStatus = 0
+	// Before the event (or its next occurrence) starts.
+	EventStatus_EVENT_STATUS_UPCOMING EventStatus = 1
+	// start_time <= now < end_time (of an occurrence, for a recurring event).
+	EventStatus_EVENT_STATUS_ACTIVE EventStatus = 2
+	// After it ended (between occurrences: the last one ended, the next is not previewed yet).
+	EventStatus_EVENT_STATUS_ENDED EventStatus = 3
+)
+
+// Enum value maps for EventStatus.
+var (
+	EventStatus_name = map[int32]string{
+		0: "EVENT_STATUS_UNSPECIFIED",
+		1: "EVENT_STATUS_UPCOMING",
+		2: "EVENT_STATUS_ACTIVE",
+		3: "EVENT_STATUS_ENDED",
+	}
+	EventStatus_value = map[string]int32{
+		"EVENT_STATUS_UNSPECIFIED": 0,
+		"EVENT_STATUS_UPCOMING":    1,
+		"EVENT_STATUS_ACTIVE":      2,
+		"EVENT_STATUS_ENDED":       3,
+	}
+)
+
+func (x EventStatus) Enum() *EventStatus {
+	p := new(EventStatus)
+	*p = x
+	return p
+}
+
+func (x EventStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_events_proto_enumTypes[0].Descriptor()
+}
+
+func (EventStatus) Type() protoreflect.EnumType {
+	return &file_events_proto_enumTypes[0]
+}
+
+func (x EventStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventStatus.Descriptor instead.
+func (EventStatus) EnumDescriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{0}
+}
+
+// EventState says whether players may see an event at all.
+type EventState int32
+
+const (
+	// Unspecified means PUBLISHED on create and update.
+	EventState_EVENT_STATE_UNSPECIFIED EventState = 0
+	EventState_EVENT_STATE_PUBLISHED   EventState = 1
+	// A draft is never visible to players.
+	EventState_EVENT_STATE_DRAFT EventState = 2
+)
+
+// Enum value maps for EventState.
+var (
+	EventState_name = map[int32]string{
+		0: "EVENT_STATE_UNSPECIFIED",
+		1: "EVENT_STATE_PUBLISHED",
+		2: "EVENT_STATE_DRAFT",
+	}
+	EventState_value = map[string]int32{
+		"EVENT_STATE_UNSPECIFIED": 0,
+		"EVENT_STATE_PUBLISHED":   1,
+		"EVENT_STATE_DRAFT":       2,
+	}
+)
+
+func (x EventState) Enum() *EventState {
+	p := new(EventState)
+	*p = x
+	return p
+}
+
+func (x EventState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventState) Descriptor() protoreflect.EnumDescriptor {
+	return file_events_proto_enumTypes[1].Descriptor()
+}
+
+func (EventState) Type() protoreflect.EnumType {
+	return &file_events_proto_enumTypes[1]
+}
+
+func (x EventState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventState.Descriptor instead.
+func (EventState) EnumDescriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{1}
+}
+
+type Recurrence_Unit int32
+
+const (
+	Recurrence_UNIT_UNSPECIFIED Recurrence_Unit = 0
+	Recurrence_HOURLY           Recurrence_Unit = 1
+	Recurrence_DAILY            Recurrence_Unit = 2
+	Recurrence_WEEKLY           Recurrence_Unit = 3
+	Recurrence_MONTHLY          Recurrence_Unit = 4
+)
+
+// Enum value maps for Recurrence_Unit.
+var (
+	Recurrence_Unit_name = map[int32]string{
+		0: "UNIT_UNSPECIFIED",
+		1: "HOURLY",
+		2: "DAILY",
+		3: "WEEKLY",
+		4: "MONTHLY",
+	}
+	Recurrence_Unit_value = map[string]int32{
+		"UNIT_UNSPECIFIED": 0,
+		"HOURLY":           1,
+		"DAILY":            2,
+		"WEEKLY":           3,
+		"MONTHLY":          4,
+	}
+)
+
+func (x Recurrence_Unit) Enum() *Recurrence_Unit {
+	p := new(Recurrence_Unit)
+	*p = x
+	return p
+}
+
+func (x Recurrence_Unit) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Recurrence_Unit) Descriptor() protoreflect.EnumDescriptor {
+	return file_events_proto_enumTypes[2].Descriptor()
+}
+
+func (Recurrence_Unit) Type() protoreflect.EnumType {
+	return &file_events_proto_enumTypes[2]
+}
+
+func (x Recurrence_Unit) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Recurrence_Unit.Descriptor instead.
+func (Recurrence_Unit) EnumDescriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{0, 0}
+}
+
+// Recurrence repeats an event. Occurrence k starts at start_time stepped k units on
+// time_zone's wall clock (HOURLY steps count real hours) and lasts end_time - start_time.
+// A clock time that does not exist that day moves forward by the clock change; one that
+// exists twice is the first. MONTHLY on a day the month lacks falls on its last day.
+type Recurrence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// interval is at least 1.
+	Interval int32           `protobuf:"varint,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	Unit     Recurrence_Unit `protobuf:"varint,2,opt,name=unit,proto3,enum=liveops.v1.Recurrence_Unit" json:"unit,omitempty"`
+	// time_zone is an IANA name such as Europe/Paris; empty means UTC.
+	TimeZone string `protobuf:"bytes,3,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// until (optional): no occurrence starts after it.
+	Until *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=until,proto3" json:"until,omitempty"`
+	// count (optional): how many occurrences there are. With neither, the event repeats forever.
+	Count         int32 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Recurrence) Reset() {
+	*x = Recurrence{}
+	mi := &file_events_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recurrence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recurrence) ProtoMessage() {}
+
+func (x *Recurrence) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recurrence.ProtoReflect.Descriptor instead.
+func (*Recurrence) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Recurrence) GetInterval() int32 {
+	if x != nil {
+		return x.Interval
+	}
+	return 0
+}
+
+func (x *Recurrence) GetUnit() Recurrence_Unit {
+	if x != nil {
+		return x.Unit
+	}
+	return Recurrence_UNIT_UNSPECIFIED
+}
+
+func (x *Recurrence) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *Recurrence) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *Recurrence) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 // Event is a time-limited live event. It is active at time t when
-// start_time <= t < end_time.
+// start_time <= t < end_time, or within one of its occurrences when it repeats.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is a lowercase UUID v4 chosen by the server.
@@ -45,14 +292,28 @@ type Event struct {
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// etag changes on every write. Send it back with an update or delete to make the write
 	// conditional: if the event changed in between, the call fails with ABORTED.
-	Etag          string `protobuf:"bytes,9,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,9,opt,name=etag,proto3" json:"etag,omitempty"`
+	// preview_time (optional, before start_time): players see the event as upcoming from then.
+	// For a recurring event, every occurrence is previewed as long before its start.
+	PreviewTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=preview_time,json=previewTime,proto3" json:"preview_time,omitempty"`
+	// recurrence (optional) repeats the event; start_time and end_time are the first occurrence.
+	Recurrence *Recurrence `protobuf:"bytes,11,opt,name=recurrence,proto3" json:"recurrence,omitempty"`
+	// priority orders every list: higher first, then start time, then id.
+	Priority int32 `protobuf:"varint,12,opt,name=priority,proto3" json:"priority,omitempty"`
+	// labels are short lowercase tokens (a-z, 0-9, '-', '_'), sorted and distinct.
+	Labels []string   `protobuf:"bytes,13,rep,name=labels,proto3" json:"labels,omitempty"`
+	State  EventState `protobuf:"varint,14,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
+	// status is computed by the server for the request's instant (ListEventsRequest.at, or now).
+	Status EventStatus `protobuf:"varint,15,opt,name=status,proto3,enum=liveops.v1.EventStatus" json:"status,omitempty"`
+	// next_start_time is the first start (of an occurrence) after that instant, if any.
+	NextStartTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=next_start_time,json=nextStartTime,proto3" json:"next_start_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_events_proto_msgTypes[0]
+	mi := &file_events_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -64,7 +325,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[0]
+	mi := &file_events_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -77,7 +338,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{0}
+	return file_events_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Event) GetId() string {
@@ -143,6 +404,55 @@ func (x *Event) GetEtag() string {
 	return ""
 }
 
+func (x *Event) GetPreviewTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviewTime
+	}
+	return nil
+}
+
+func (x *Event) GetRecurrence() *Recurrence {
+	if x != nil {
+		return x.Recurrence
+	}
+	return nil
+}
+
+func (x *Event) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *Event) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Event) GetState() EventState {
+	if x != nil {
+		return x.State
+	}
+	return EventState_EVENT_STATE_UNSPECIFIED
+}
+
+func (x *Event) GetStatus() EventStatus {
+	if x != nil {
+		return x.Status
+	}
+	return EventStatus_EVENT_STATUS_UNSPECIFIED
+}
+
+func (x *Event) GetNextStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextStartTime
+	}
+	return nil
+}
+
 type CreateEventRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Title       string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
@@ -155,14 +465,21 @@ type CreateEventRequest struct {
 	// request_id seen in the last 24 hours (at least) and the same fields returns the event
 	// the first call created instead of creating another; with different fields it fails
 	// with ALREADY_EXISTS.
-	RequestId     string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId   string                 `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	PreviewTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=preview_time,json=previewTime,proto3" json:"preview_time,omitempty"`
+	Recurrence  *Recurrence            `protobuf:"bytes,8,opt,name=recurrence,proto3" json:"recurrence,omitempty"`
+	Priority    int32                  `protobuf:"varint,9,opt,name=priority,proto3" json:"priority,omitempty"`
+	Labels      []string               `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty"`
+	State       EventState             `protobuf:"varint,11,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
+	// validate_only checks everything and stores nothing; the reply is the event as it would be.
+	ValidateOnly  bool `protobuf:"varint,12,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateEventRequest) Reset() {
 	*x = CreateEventRequest{}
-	mi := &file_events_proto_msgTypes[1]
+	mi := &file_events_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -174,7 +491,7 @@ func (x *CreateEventRequest) String() string {
 func (*CreateEventRequest) ProtoMessage() {}
 
 func (x *CreateEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[1]
+	mi := &file_events_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -187,7 +504,7 @@ func (x *CreateEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventRequest.ProtoReflect.Descriptor instead.
 func (*CreateEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{1}
+	return file_events_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateEventRequest) GetTitle() string {
@@ -232,6 +549,48 @@ func (x *CreateEventRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *CreateEventRequest) GetPreviewTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviewTime
+	}
+	return nil
+}
+
+func (x *CreateEventRequest) GetRecurrence() *Recurrence {
+	if x != nil {
+		return x.Recurrence
+	}
+	return nil
+}
+
+func (x *CreateEventRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *CreateEventRequest) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *CreateEventRequest) GetState() EventState {
+	if x != nil {
+		return x.State
+	}
+	return EventState_EVENT_STATE_UNSPECIFIED
+}
+
+func (x *CreateEventRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
 type CreateEventResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
@@ -241,7 +600,7 @@ type CreateEventResponse struct {
 
 func (x *CreateEventResponse) Reset() {
 	*x = CreateEventResponse{}
-	mi := &file_events_proto_msgTypes[2]
+	mi := &file_events_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +612,7 @@ func (x *CreateEventResponse) String() string {
 func (*CreateEventResponse) ProtoMessage() {}
 
 func (x *CreateEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[2]
+	mi := &file_events_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +625,7 @@ func (x *CreateEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventResponse.ProtoReflect.Descriptor instead.
 func (*CreateEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{2}
+	return file_events_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateEventResponse) GetEvent() *Event {
@@ -285,7 +644,7 @@ type GetEventRequest struct {
 
 func (x *GetEventRequest) Reset() {
 	*x = GetEventRequest{}
-	mi := &file_events_proto_msgTypes[3]
+	mi := &file_events_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +656,7 @@ func (x *GetEventRequest) String() string {
 func (*GetEventRequest) ProtoMessage() {}
 
 func (x *GetEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[3]
+	mi := &file_events_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +669,7 @@ func (x *GetEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventRequest.ProtoReflect.Descriptor instead.
 func (*GetEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{3}
+	return file_events_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetEventRequest) GetId() string {
@@ -329,7 +688,7 @@ type GetEventResponse struct {
 
 func (x *GetEventResponse) Reset() {
 	*x = GetEventResponse{}
-	mi := &file_events_proto_msgTypes[4]
+	mi := &file_events_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +700,7 @@ func (x *GetEventResponse) String() string {
 func (*GetEventResponse) ProtoMessage() {}
 
 func (x *GetEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[4]
+	mi := &file_events_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +713,7 @@ func (x *GetEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventResponse.ProtoReflect.Descriptor instead.
 func (*GetEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{4}
+	return file_events_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetEventResponse) GetEvent() *Event {
@@ -377,15 +736,23 @@ type UpdateEventRequest struct {
 	// etag (optional): the event's etag as last read; if it changed since, ABORTED.
 	Etag string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
 	// update_mask (optional) names the fields to change: title, description, start_time,
-	// end_time, rewards. Other paths are INVALID_ARGUMENT.
-	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,8,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// end_time, rewards, preview_time, recurrence, priority, labels, state. Other paths are
+	// INVALID_ARGUMENT.
+	UpdateMask  *fieldmaskpb.FieldMask `protobuf:"bytes,8,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	PreviewTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=preview_time,json=previewTime,proto3" json:"preview_time,omitempty"`
+	Recurrence  *Recurrence            `protobuf:"bytes,10,opt,name=recurrence,proto3" json:"recurrence,omitempty"`
+	Priority    int32                  `protobuf:"varint,11,opt,name=priority,proto3" json:"priority,omitempty"`
+	Labels      []string               `protobuf:"bytes,12,rep,name=labels,proto3" json:"labels,omitempty"`
+	State       EventState             `protobuf:"varint,13,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
+	// validate_only checks everything and stores nothing; the reply is the event as it would be.
+	ValidateOnly  bool `protobuf:"varint,14,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateEventRequest) Reset() {
 	*x = UpdateEventRequest{}
-	mi := &file_events_proto_msgTypes[5]
+	mi := &file_events_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +764,7 @@ func (x *UpdateEventRequest) String() string {
 func (*UpdateEventRequest) ProtoMessage() {}
 
 func (x *UpdateEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[5]
+	mi := &file_events_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +777,7 @@ func (x *UpdateEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEventRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{5}
+	return file_events_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateEventRequest) GetId() string {
@@ -469,6 +836,48 @@ func (x *UpdateEventRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 	return nil
 }
 
+func (x *UpdateEventRequest) GetPreviewTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviewTime
+	}
+	return nil
+}
+
+func (x *UpdateEventRequest) GetRecurrence() *Recurrence {
+	if x != nil {
+		return x.Recurrence
+	}
+	return nil
+}
+
+func (x *UpdateEventRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *UpdateEventRequest) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *UpdateEventRequest) GetState() EventState {
+	if x != nil {
+		return x.State
+	}
+	return EventState_EVENT_STATE_UNSPECIFIED
+}
+
+func (x *UpdateEventRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
 type UpdateEventResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
@@ -478,7 +887,7 @@ type UpdateEventResponse struct {
 
 func (x *UpdateEventResponse) Reset() {
 	*x = UpdateEventResponse{}
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +899,7 @@ func (x *UpdateEventResponse) String() string {
 func (*UpdateEventResponse) ProtoMessage() {}
 
 func (x *UpdateEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +912,7 @@ func (x *UpdateEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEventResponse.ProtoReflect.Descriptor instead.
 func (*UpdateEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{6}
+	return file_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpdateEventResponse) GetEvent() *Event {
@@ -524,7 +933,7 @@ type DeleteEventRequest struct {
 
 func (x *DeleteEventRequest) Reset() {
 	*x = DeleteEventRequest{}
-	mi := &file_events_proto_msgTypes[7]
+	mi := &file_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +945,7 @@ func (x *DeleteEventRequest) String() string {
 func (*DeleteEventRequest) ProtoMessage() {}
 
 func (x *DeleteEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[7]
+	mi := &file_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +958,7 @@ func (x *DeleteEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEventRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{7}
+	return file_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteEventRequest) GetId() string {
@@ -575,7 +984,7 @@ type DeleteEventResponse struct {
 
 func (x *DeleteEventResponse) Reset() {
 	*x = DeleteEventResponse{}
-	mi := &file_events_proto_msgTypes[8]
+	mi := &file_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +996,7 @@ func (x *DeleteEventResponse) String() string {
 func (*DeleteEventResponse) ProtoMessage() {}
 
 func (x *DeleteEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[8]
+	mi := &file_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +1009,7 @@ func (x *DeleteEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEventResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{8}
+	return file_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteEventResponse) GetSuccess() bool {
@@ -610,15 +1019,31 @@ func (x *DeleteEventResponse) GetSuccess() bool {
 	return false
 }
 
+// ListEventsRequest pages through events, past, active and future, drafts included,
+// ordered by priority (highest first), then start_time, then id.
 type ListEventsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is 100 when 0, at most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is next_page_token from the previous page, with the same filters. Pages are
+	// stable under concurrent inserts: a token resumes after the last event it returned.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// status (optional): only events with one of these statuses at `at`.
+	Status []EventStatus `protobuf:"varint,3,rep,packed,name=status,proto3,enum=liveops.v1.EventStatus" json:"status,omitempty"`
+	// labels (optional): only events with at least one of these labels.
+	Labels []string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty"`
+	// state (optional): only events in this state.
+	State EventState `protobuf:"varint,5,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
+	// at (optional): compute status and next_start_time as of this instant instead of now,
+	// to see what players will see then.
+	At            *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_events_proto_msgTypes[9]
+	mi := &file_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +1055,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[9]
+	mi := &file_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,21 +1068,63 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{9}
+	return file_events_proto_rawDescGZIP(), []int{10}
 }
 
-// ListEventsResponse holds every event, past, active and future, ordered by
-// start_time, then id.
+func (x *ListEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetStatus() []EventStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetState() EventState {
+	if x != nil {
+		return x.State
+	}
+	return EventState_EVENT_STATE_UNSPECIFIED
+}
+
+func (x *ListEventsRequest) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 type ListEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// next_page_token is empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_events_proto_msgTypes[10]
+	mi := &file_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +1136,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[10]
+	mi := &file_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +1149,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{10}
+	return file_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -692,12 +1159,34 @@ func (x *ListEventsResponse) GetEvents() []*Event {
 	return nil
 }
 
+func (x *ListEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_events_proto protoreflect.FileDescriptor
 
 const file_events_proto_rawDesc = "" +
 	"\n" +
 	"\fevents.proto\x12\n" +
-	"liveops.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n" +
+	"liveops.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n" +
+	"\n" +
+	"Recurrence\x12\x1a\n" +
+	"\binterval\x18\x01 \x01(\x05R\binterval\x12/\n" +
+	"\x04unit\x18\x02 \x01(\x0e2\x1b.liveops.v1.Recurrence.UnitR\x04unit\x12\x1b\n" +
+	"\ttime_zone\x18\x03 \x01(\tR\btimeZone\x120\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\x05R\x05count\"L\n" +
+	"\x04Unit\x12\x14\n" +
+	"\x10UNIT_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06HOURLY\x10\x01\x12\t\n" +
+	"\x05DAILY\x10\x02\x12\n" +
+	"\n" +
+	"\x06WEEKLY\x10\x03\x12\v\n" +
+	"\aMONTHLY\x10\x04\"\xb3\x05\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -710,7 +1199,17 @@ const file_events_proto_rawDesc = "" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x12\n" +
-	"\x04etag\x18\t \x01(\tR\x04etag\"\xf7\x01\n" +
+	"\x04etag\x18\t \x01(\tR\x04etag\x12=\n" +
+	"\fpreview_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vpreviewTime\x126\n" +
+	"\n" +
+	"recurrence\x18\v \x01(\v2\x16.liveops.v1.RecurrenceR\n" +
+	"recurrence\x12\x1a\n" +
+	"\bpriority\x18\f \x01(\x05R\bpriority\x12\x16\n" +
+	"\x06labels\x18\r \x03(\tR\x06labels\x12,\n" +
+	"\x05state\x18\x0e \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12/\n" +
+	"\x06status\x18\x0f \x01(\x0e2\x17.liveops.v1.EventStatusR\x06status\x12B\n" +
+	"\x0fnext_start_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\rnextStartTime\"\xf5\x03\n" +
 	"\x12CreateEventRequest\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x129\n" +
@@ -719,13 +1218,22 @@ const file_events_proto_rawDesc = "" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x18\n" +
 	"\arewards\x18\x05 \x01(\tR\arewards\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x06 \x01(\tR\trequestId\">\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\x12=\n" +
+	"\fpreview_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vpreviewTime\x126\n" +
+	"\n" +
+	"recurrence\x18\b \x01(\v2\x16.liveops.v1.RecurrenceR\n" +
+	"recurrence\x12\x1a\n" +
+	"\bpriority\x18\t \x01(\x05R\bpriority\x12\x16\n" +
+	"\x06labels\x18\n" +
+	" \x03(\tR\x06labels\x12,\n" +
+	"\x05state\x18\v \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12#\n" +
+	"\rvalidate_only\x18\f \x01(\bR\fvalidateOnly\">\n" +
 	"\x13CreateEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"!\n" +
 	"\x0fGetEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\";\n" +
 	"\x10GetEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"\xb9\x02\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"\xb7\x04\n" +
 	"\x12UpdateEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -736,17 +1244,44 @@ const file_events_proto_rawDesc = "" +
 	"\arewards\x18\x06 \x01(\tR\arewards\x12\x12\n" +
 	"\x04etag\x18\a \x01(\tR\x04etag\x12;\n" +
 	"\vupdate_mask\x18\b \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\">\n" +
+	"updateMask\x12=\n" +
+	"\fpreview_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vpreviewTime\x126\n" +
+	"\n" +
+	"recurrence\x18\n" +
+	" \x01(\v2\x16.liveops.v1.RecurrenceR\n" +
+	"recurrence\x12\x1a\n" +
+	"\bpriority\x18\v \x01(\x05R\bpriority\x12\x16\n" +
+	"\x06labels\x18\f \x03(\tR\x06labels\x12,\n" +
+	"\x05state\x18\r \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12#\n" +
+	"\rvalidate_only\x18\x0e \x01(\bR\fvalidateOnly\">\n" +
 	"\x13UpdateEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"8\n" +
 	"\x12DeleteEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"/\n" +
 	"\x13DeleteEventResponse\x12\x18\n" +
-	"\asuccess\x18\x01 \x01(\bR\asuccess\"\x13\n" +
-	"\x11ListEventsRequest\"?\n" +
+	"\asuccess\x18\x01 \x01(\bR\asuccess\"\xf2\x01\n" +
+	"\x11ListEventsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12/\n" +
+	"\x06status\x18\x03 \x03(\x0e2\x17.liveops.v1.EventStatusR\x06status\x12\x16\n" +
+	"\x06labels\x18\x04 \x03(\tR\x06labels\x12,\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12*\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"g\n" +
 	"\x12ListEventsResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.liveops.v1.EventR\x06events2\x92\x03\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.liveops.v1.EventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*w\n" +
+	"\vEventStatus\x12\x1c\n" +
+	"\x18EVENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15EVENT_STATUS_UPCOMING\x10\x01\x12\x17\n" +
+	"\x13EVENT_STATUS_ACTIVE\x10\x02\x12\x16\n" +
+	"\x12EVENT_STATUS_ENDED\x10\x03*[\n" +
+	"\n" +
+	"EventState\x12\x1b\n" +
+	"\x17EVENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15EVENT_STATE_PUBLISHED\x10\x01\x12\x15\n" +
+	"\x11EVENT_STATE_DRAFT\x10\x022\x92\x03\n" +
 	"\fEventService\x12N\n" +
 	"\vCreateEvent\x12\x1e.liveops.v1.CreateEventRequest\x1a\x1f.liveops.v1.CreateEventResponse\x12E\n" +
 	"\bGetEvent\x12\x1b.liveops.v1.GetEventRequest\x1a\x1c.liveops.v1.GetEventResponse\x12N\n" +
@@ -767,51 +1302,72 @@ func file_events_proto_rawDescGZIP() []byte {
 	return file_events_proto_rawDescData
 }
 
-var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_events_proto_goTypes = []any{
-	(*Event)(nil),                 // 0: liveops.v1.Event
-	(*CreateEventRequest)(nil),    // 1: liveops.v1.CreateEventRequest
-	(*CreateEventResponse)(nil),   // 2: liveops.v1.CreateEventResponse
-	(*GetEventRequest)(nil),       // 3: liveops.v1.GetEventRequest
-	(*GetEventResponse)(nil),      // 4: liveops.v1.GetEventResponse
-	(*UpdateEventRequest)(nil),    // 5: liveops.v1.UpdateEventRequest
-	(*UpdateEventResponse)(nil),   // 6: liveops.v1.UpdateEventResponse
-	(*DeleteEventRequest)(nil),    // 7: liveops.v1.DeleteEventRequest
-	(*DeleteEventResponse)(nil),   // 8: liveops.v1.DeleteEventResponse
-	(*ListEventsRequest)(nil),     // 9: liveops.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),    // 10: liveops.v1.ListEventsResponse
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 12: google.protobuf.FieldMask
+	(EventStatus)(0),              // 0: liveops.v1.EventStatus
+	(EventState)(0),               // 1: liveops.v1.EventState
+	(Recurrence_Unit)(0),          // 2: liveops.v1.Recurrence.Unit
+	(*Recurrence)(nil),            // 3: liveops.v1.Recurrence
+	(*Event)(nil),                 // 4: liveops.v1.Event
+	(*CreateEventRequest)(nil),    // 5: liveops.v1.CreateEventRequest
+	(*CreateEventResponse)(nil),   // 6: liveops.v1.CreateEventResponse
+	(*GetEventRequest)(nil),       // 7: liveops.v1.GetEventRequest
+	(*GetEventResponse)(nil),      // 8: liveops.v1.GetEventResponse
+	(*UpdateEventRequest)(nil),    // 9: liveops.v1.UpdateEventRequest
+	(*UpdateEventResponse)(nil),   // 10: liveops.v1.UpdateEventResponse
+	(*DeleteEventRequest)(nil),    // 11: liveops.v1.DeleteEventRequest
+	(*DeleteEventResponse)(nil),   // 12: liveops.v1.DeleteEventResponse
+	(*ListEventsRequest)(nil),     // 13: liveops.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),    // 14: liveops.v1.ListEventsResponse
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 16: google.protobuf.FieldMask
 }
 var file_events_proto_depIdxs = []int32{
-	11, // 0: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
-	11, // 1: liveops.v1.Event.end_time:type_name -> google.protobuf.Timestamp
-	11, // 2: liveops.v1.Event.created_at:type_name -> google.protobuf.Timestamp
-	11, // 3: liveops.v1.Event.updated_at:type_name -> google.protobuf.Timestamp
-	11, // 4: liveops.v1.CreateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	11, // 5: liveops.v1.CreateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 6: liveops.v1.CreateEventResponse.event:type_name -> liveops.v1.Event
-	0,  // 7: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
-	11, // 8: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	11, // 9: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	12, // 10: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 11: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
-	0,  // 12: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
-	1,  // 13: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
-	3,  // 14: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
-	5,  // 15: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
-	7,  // 16: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
-	9,  // 17: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
-	2,  // 18: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
-	4,  // 19: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
-	6,  // 20: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
-	8,  // 21: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
-	10, // 22: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	2,  // 0: liveops.v1.Recurrence.unit:type_name -> liveops.v1.Recurrence.Unit
+	15, // 1: liveops.v1.Recurrence.until:type_name -> google.protobuf.Timestamp
+	15, // 2: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
+	15, // 3: liveops.v1.Event.end_time:type_name -> google.protobuf.Timestamp
+	15, // 4: liveops.v1.Event.created_at:type_name -> google.protobuf.Timestamp
+	15, // 5: liveops.v1.Event.updated_at:type_name -> google.protobuf.Timestamp
+	15, // 6: liveops.v1.Event.preview_time:type_name -> google.protobuf.Timestamp
+	3,  // 7: liveops.v1.Event.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 8: liveops.v1.Event.state:type_name -> liveops.v1.EventState
+	0,  // 9: liveops.v1.Event.status:type_name -> liveops.v1.EventStatus
+	15, // 10: liveops.v1.Event.next_start_time:type_name -> google.protobuf.Timestamp
+	15, // 11: liveops.v1.CreateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	15, // 12: liveops.v1.CreateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	15, // 13: liveops.v1.CreateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	3,  // 14: liveops.v1.CreateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 15: liveops.v1.CreateEventRequest.state:type_name -> liveops.v1.EventState
+	4,  // 16: liveops.v1.CreateEventResponse.event:type_name -> liveops.v1.Event
+	4,  // 17: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
+	15, // 18: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	15, // 19: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	16, // 20: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
+	15, // 21: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	3,  // 22: liveops.v1.UpdateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 23: liveops.v1.UpdateEventRequest.state:type_name -> liveops.v1.EventState
+	4,  // 24: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
+	0,  // 25: liveops.v1.ListEventsRequest.status:type_name -> liveops.v1.EventStatus
+	1,  // 26: liveops.v1.ListEventsRequest.state:type_name -> liveops.v1.EventState
+	15, // 27: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
+	4,  // 28: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
+	5,  // 29: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
+	7,  // 30: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
+	9,  // 31: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
+	11, // 32: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
+	13, // 33: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
+	6,  // 34: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
+	8,  // 35: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
+	10, // 36: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
+	12, // 37: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
+	14, // 38: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
+	34, // [34:39] is the sub-list for method output_type
+	29, // [29:34] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }
@@ -824,13 +1380,14 @@ func file_events_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_events_proto_rawDesc), len(file_events_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      3,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_events_proto_goTypes,
 		DependencyIndexes: file_events_proto_depIdxs,
+		EnumInfos:         file_events_proto_enumTypes,
 		MessageInfos:      file_events_proto_msgTypes,
 	}.Build()
 	File_events_proto = out.File
