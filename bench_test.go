@@ -37,7 +37,7 @@ func seedEvents(tb testing.TB, st *store, n int, title string, start, end time.T
 	for i := range n {
 		e := Event{ID: newID(), Title: fmt.Sprintf("%s %d", title, i),
 			Description: "Bench event with a description of typical length for a game client card.",
-			Start: start, End: end, Rewards: rewards, State: statePublished, CreatedAt: t0, UpdatedAt: t0, Version: 1}
+			Start:       start, End: end, Rewards: rewards, State: statePublished, CreatedAt: t0, UpdatedAt: t0, Version: 1}
 		if _, err := stmt.ExecContext(ctx, eventValues(e)...); err != nil {
 			tb.Fatal(err)
 		}

@@ -2,13 +2,13 @@ package main
 
 import (
 	"bytes"
-	"reflect"
 	"compress/gzip"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"reflect"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
