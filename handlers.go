@@ -57,7 +57,7 @@ func toJSON(e Event, v view) eventJSON {
 // comes encoded from the read model, so such a request checks the key, picks the bytes and
 // writes them. Query parameters:
 //
-//	status=active,upcoming,ended  which statuses to include (repeatable; default active)
+//	status=active,upcoming        which statuses to include (repeatable; default active)
 //	label=shop&label=pvp          only events with any of these labels
 //	at=2027-01-01T20:00:00Z       answer as of that instant; only with -allow-time-travel
 func handleEvents(rm *readModel, allowTimeTravel bool) http.Handler {
@@ -103,9 +103,11 @@ func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Tim
 			case "upcoming":
 				q.statuses.add(statusUpcoming)
 			case "ended":
-				q.statuses.add(statusEnded)
+				// Every event ever held has ended; listing them all is no job for a
+				// game client's poll. One ended event stays readable by id.
+				return q, time.Time{}, &fieldError{"status", "ended events are not listed; read one with GET /events/{id}"}
 			default:
-				return q, time.Time{}, &fieldError{"status", fmt.Sprintf("unknown status %q; want active, upcoming or ended", name)}
+				return q, time.Time{}, &fieldError{"status", fmt.Sprintf("unknown status %q; want active or upcoming", name)}
 			}
 		}
 	}

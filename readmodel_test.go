@@ -10,16 +10,24 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"liveops/eventspb"
 )
 
-// clock is a settable time source for tests.
-type clock struct{ t time.Time }
+// clock is a settable time source for tests, safe to read from a server's goroutines.
+type clock struct{ ns atomic.Int64 }
 
-func (c *clock) now() time.Time { return c.t }
+func newClock(t time.Time) *clock {
+	c := &clock{}
+	c.set(t)
+	return c
+}
+
+func (c *clock) now() time.Time  { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *clock) set(t time.Time) { c.ns.Store(t.UnixNano()) }
 
 // newTestReadModel returns a read model over a fresh store, reading time from c.
 func newTestReadModel(t *testing.T, c *clock) (*store, *readModel) {
@@ -75,7 +83,7 @@ func activeTitles(t *testing.T, resp *http.Response) string {
 }
 
 func TestActiveWindowBoundaries(t *testing.T) {
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "window", t0, t0.Add(time.Hour))
 	h := handleEvents(rm, false)
@@ -95,7 +103,7 @@ func TestActiveWindowBoundaries(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c.t = tt.at
+			c.set(tt.at)
 			got := activeTitles(t, getEvents(t, h, nil))
 			if (got == "window") != tt.active {
 				t.Fatalf("GET /events at %v = %q; want active=%v", tt.at, got, tt.active)
@@ -105,7 +113,7 @@ func TestActiveWindowBoundaries(t *testing.T) {
 }
 
 func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "now", t0.Add(-time.Hour), t0.Add(time.Hour))
 	write(t, st, rm, "soon", t0.Add(10*time.Minute), t0.Add(2*time.Hour))
@@ -118,7 +126,7 @@ func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
 	first := resp.Header.Get("ETag")
 	gen := rm.snapshot().gen
 
-	c.t = t0.Add(10 * time.Minute) // "soon" starts; nothing was written
+	c.set(t0.Add(10 * time.Minute)) // "soon" starts; nothing was written
 	resp = getEvents(t, h, nil)
 	if got := activeTitles(t, resp); got != "now,soon" {
 		t.Fatalf("at t0+10m: %q; want now,soon", got)
@@ -127,14 +135,14 @@ func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
 		t.Fatalf("ETag %s (was %s), generation %d (was %d): the answer must change with time alone",
 			resp.Header.Get("ETag"), first, rm.snapshot().gen, gen)
 	}
-	c.t = t0.Add(time.Hour) // "now" ends
+	c.set(t0.Add(time.Hour)) // "now" ends
 	if got := activeTitles(t, getEvents(t, h, nil)); got != "soon" {
 		t.Fatalf("at t0+1h: %q; want soon", got)
 	}
 }
 
 func TestActiveOrdering(t *testing.T) {
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	late := write(t, st, rm, "late", t0.Add(-time.Hour), t0.Add(time.Hour))
 	write(t, st, rm, "early", t0.Add(-2*time.Hour), t0.Add(time.Hour))
@@ -151,7 +159,7 @@ func TestActiveOrdering(t *testing.T) {
 }
 
 func TestWriteIsVisibleToTheNextRead(t *testing.T) {
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	h := handleEvents(rm, false)
 	if got := activeTitles(t, getEvents(t, h, nil)); got != "" {
@@ -185,7 +193,7 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 }
 
 func TestWritesFromElsewhereAreReloaded(t *testing.T) {
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "ours", t0.Add(-time.Minute), t0.Add(time.Hour))
 
@@ -217,7 +225,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 
 func TestSnapshotWithKeepsOrder(t *testing.T) {
 	// Apply many random writes incrementally and compare with a snapshot built from scratch.
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	var ids []string
 	for i := range 60 {
@@ -245,7 +253,7 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 		}
 	}
 	events, gen, _ := st.Events(ctx)
-	want := newSnapshot(gen, events, c.t)
+	want := newSnapshot(gen, events, c.now())
 	got := rm.snapshot()
 	same := func(a, b []*entry) bool {
 		if len(a) != len(b) {
@@ -265,7 +273,7 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 }
 
 func TestConditionalRequestsAndCaching(t *testing.T) {
-	c := &clock{t0}
+	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	for range 10 { // enough to be worth compressing
 		write(t, st, rm, "a festival with a reasonably long title", t0.Add(-time.Hour), t0.Add(20*time.Second))
@@ -310,7 +318,7 @@ func TestConditionalRequestsAndCaching(t *testing.T) {
 		t.Fatal("gzip sent to a client that refused it with q=0")
 	}
 
-	c.t = t0.Add(time.Hour + 10*time.Second) // nothing active, nothing ahead
+	c.set(t0.Add(time.Hour + 10*time.Second)) // nothing active, nothing ahead
 	if cc := getEvents(t, h, nil).Header.Get("Cache-Control"); cc != "max-age=30" {
 		t.Fatalf("Cache-Control with no boundary ahead: %q; want the 30 s cap", cc)
 	}

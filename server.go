@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
 )
 
 // config is everything the server reads from its flags and environment.
@@ -150,18 +151,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := bootstrapKeys(ctx, st, stderr); err != nil {
 		return err
 	}
-	kr, err := newKeyring(ctx, st, time.Now)
+	svc, err := newService(ctx, st, cfg, time.Now, log)
 	if err != nil {
 		return err
 	}
-	rm, err := newReadModel(ctx, st, time.Now, log)
-	if err != nil {
-		return err
-	}
-	lim := cfg.limits
-	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, time.Now)}
-	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, time.Now, log)
-	srv := newHTTPServer(newServer(st, rm, g, gs, cfg.allowTimeTravel, log), lim, log)
+	kr, rm, gs, hs := svc.keys, svc.events, svc.grpc, svc.health
+	srv := newHTTPServer(svc.handler, cfg.limits, log)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -222,6 +217,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	gs.Stop()
 	log.Info("stopped")
 	return nil
+}
+
+// service is the whole object graph behind the listener, built from explicit dependencies;
+// now is the clock everything reads, so tests can move time.
+type service struct {
+	keys    *keyring
+	events  *readModel
+	grpc    *grpc.Server
+	health  *health.Server
+	handler http.Handler // both protocols, on one port
+}
+
+func newService(ctx context.Context, st *store, cfg config, now func() time.Time, log *logger) (*service, error) {
+	kr, err := newKeyring(ctx, st, now)
+	if err != nil {
+		return nil, err
+	}
+	rm, err := newReadModel(ctx, st, now, log)
+	if err != nil {
+		return nil, err
+	}
+	lim := cfg.limits
+	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now)}
+	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, now, log)
+	return &service{keys: kr, events: rm, grpc: gs, health: hs,
+		handler: newServer(st, rm, g, gs, cfg.allowTimeTravel, log)}, nil
 }
 
 // watchDatabase keeps the in-memory keys and events current until ctx ends. Every poll it
