@@ -52,6 +52,10 @@ var rpcRoles = map[string]role{
 	"/liveops.v1.EventService/DeleteEvent": roleGRPCAdmin,
 	"/liveops.v1.EventService/ListEvents":  roleGRPCAdmin,
 
+	"/liveops.v1.EventService/ListEventRevisions": roleGRPCAdmin,
+	"/liveops.v1.EventService/ListAuditLog":       roleGRPCAdmin,
+	"/liveops.v1.EventService/RestoreEvent":       roleGRPCAdmin,
+
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      roleGRPCAdmin,
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": roleGRPCAdmin,
 

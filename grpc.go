@@ -5,7 +5,9 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -107,7 +109,7 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 		return &eventspb.CreateEventResponse{Event: s.toProtoNow(e)}, nil
 	}
 	e.ID = newID()
-	got, gen, err := s.st.CreateEvent(ctx, e, req.GetRequestId(), e.fingerprint())
+	got, gen, err := s.st.CreateEvent(ctx, e, req.GetRequestId(), e.fingerprint(), callerKeyID(ctx))
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
@@ -170,7 +172,7 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
-	got, gen, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), req.GetValidateOnly(), func(e *Event) error {
+	got, gen, err := s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), req.GetValidateOnly(), callerKeyID(ctx), func(e *Event) error {
 		for _, p := range paths {
 			updatableFields[p](e, in)
 		}
@@ -190,7 +192,7 @@ func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEvent
 	if err := checkID(req.GetId()); err != nil {
 		return nil, s.grpcError(err)
 	}
-	gen, err := s.st.DeleteEvent(ctx, req.GetId(), req.GetEtag())
+	gen, err := s.st.DeleteEvent(ctx, req.GetId(), req.GetEtag(), s.now().UTC(), callerKeyID(ctx))
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
@@ -279,11 +281,128 @@ func adminQueryFrom(req *eventspb.ListEventsRequest) (adminQuery, error) {
 
 // logWrite records an admin write: who (key id), what, and which event.
 func (s *eventServer) logWrite(ctx context.Context, action, id string) {
-	var keyID string
+	s.log.Info("admin write", "action", action, "event_id", id, "key_id", callerKeyID(ctx))
+}
+
+// callerKeyID returns the id of the key that authenticated the call.
+func callerKeyID(ctx context.Context) string {
 	if k, ok := ctx.Value(keyContextKey{}).(*keyEntry); ok {
-		keyID = k.ID
+		return k.ID
 	}
-	s.log.Info("admin write", "action", action, "event_id", id, "key_id", keyID)
+	return ""
+}
+
+func (s *eventServer) ListEventRevisions(ctx context.Context, req *eventspb.ListEventRevisionsRequest) (*eventspb.ListEventRevisionsResponse, error) {
+	if err := checkID(req.GetEventId()); err != nil {
+		return nil, s.grpcError(&fieldError{"event_id", err.(*fieldError).Reason})
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	var before int64
+	if tok := req.GetPageToken(); tok != "" {
+		var c auditCursor
+		if err := decodeToken(tok, &c); err != nil || c.EventID != req.GetEventId() {
+			return nil, s.grpcError(&fieldError{"page_token", "is not a token this server issued for this event"})
+		}
+		before = c.Revision
+	}
+	revs, err := s.st.Revisions(ctx, req.GetEventId(), before, size+1)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	resp := &eventspb.ListEventRevisionsResponse{}
+	if len(revs) > size {
+		revs = revs[:size]
+		last := revs[size-1]
+		resp.NextPageToken = encodeToken(auditCursor{EventID: last.EventID, Revision: last.Revision})
+	}
+	resp.Revisions = revisionsToProto(revs)
+	return resp, nil
+}
+
+func (s *eventServer) ListAuditLog(ctx context.Context, req *eventspb.ListAuditLogRequest) (*eventspb.ListAuditLogResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	var since time.Time
+	if req.Since != nil {
+		if since, err = fromTimestamp("since", req.GetSince()); err != nil {
+			return nil, s.grpcError(err)
+		}
+	}
+	filter := fmt.Sprintf("%d|%s", since.UnixNano(), req.GetKeyId())
+	var after *auditCursor
+	if tok := req.GetPageToken(); tok != "" {
+		var c auditCursor
+		if err := decodeToken(tok, &c); err != nil || c.Filter != filter {
+			return nil, s.grpcError(&fieldError{"page_token", "is not a token this server issued for these filters"})
+		}
+		after = &c
+	}
+	revs, err := s.st.AuditLog(ctx, since, req.GetKeyId(), after, size+1)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	resp := &eventspb.ListAuditLogResponse{}
+	if len(revs) > size {
+		revs = revs[:size]
+		last := revs[size-1]
+		resp.NextPageToken = encodeToken(auditCursor{At: last.At.UnixNano(), EventID: last.EventID, Revision: last.Revision, Filter: filter})
+	}
+	resp.Revisions = revisionsToProto(revs)
+	return resp, nil
+}
+
+func (s *eventServer) RestoreEvent(ctx context.Context, req *eventspb.RestoreEventRequest) (*eventspb.RestoreEventResponse, error) {
+	if err := checkID(req.GetEventId()); err != nil {
+		return nil, s.grpcError(&fieldError{"event_id", err.(*fieldError).Reason})
+	}
+	if req.GetRevision() < 1 {
+		return nil, s.grpcError(&fieldError{"revision", "must be 1 or more"})
+	}
+	e, gen, err := s.st.RestoreEvent(ctx, req.GetEventId(), req.GetRevision(), req.GetEtag(), s.now().UTC(), callerKeyID(ctx))
+	if errors.Is(err, errNoRevision) {
+		return nil, status.Errorf(codes.NotFound, "event %s has no revision %d", req.GetEventId(), req.GetRevision())
+	}
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	s.rm.applied(ctx, gen, &e, "")
+	s.logWrite(ctx, "restore", e.ID)
+	return &eventspb.RestoreEventResponse{Event: s.toProtoNow(e)}, nil
+}
+
+// pageSize checks a requested page size: 0 means the default.
+func pageSize(n int32) (int, error) {
+	switch {
+	case n == 0:
+		return defaultPageSize, nil
+	case n < 0 || n > maxPageSize:
+		return 0, &fieldError{"page_size", fmt.Sprintf("must be between 1 and %d (0 means %d), got %d", maxPageSize, defaultPageSize, n)}
+	}
+	return int(n), nil
+}
+
+func encodeToken(v any) string { return base64.RawURLEncoding.EncodeToString(mustJSON(v)) }
+
+func decodeToken(tok string, v any) error {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+func revisionsToProto(revs []revision) []*eventspb.Revision {
+	out := make([]*eventspb.Revision, len(revs))
+	for i, r := range revs {
+		out[i] = &eventspb.Revision{EventId: r.EventID, Revision: r.Revision, Action: r.Action, KeyId: r.KeyID,
+			Time: timestamppb.New(r.At), Event: toProto(r.Event, view{})}
+	}
+	return out
 }
 
 // grpcError maps an error to a gRPC status: a *fieldError to INVALID_ARGUMENT naming the
@@ -302,6 +421,8 @@ func (s *eventServer) grpcError(err error) error {
 		return st.Err()
 	case errors.Is(err, errNotFound):
 		return status.Error(codes.NotFound, "event not found")
+	case errors.Is(err, errNoRevision):
+		return status.Error(codes.NotFound, "revision not found")
 	case errors.Is(err, errStale):
 		return status.Error(codes.Aborted, err.Error()+"; read it again and retry")
 	case errors.Is(err, errRequestReused):

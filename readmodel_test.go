@@ -47,7 +47,7 @@ func write(t *testing.T, st *store, rm *readModel, title string, start, end time
 	if err := e.validate(); err != nil {
 		t.Fatal(err)
 	}
-	got, gen, err := st.CreateEvent(context.Background(), e, "", nil)
+	got, gen, err := st.CreateEvent(context.Background(), e, "", nil, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 		t.Fatalf("after a create: %q; want new", got)
 	}
 
-	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", t0, false, func(u *Event) error { u.Title = "renamed"; return nil })
+	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", t0, false, "test", func(u *Event) error { u.Title = "renamed"; return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 		t.Fatalf("after an update: %q; want renamed", got)
 	}
 
-	gen, err = st.DeleteEvent(context.Background(), e.ID, "")
+	gen, err = st.DeleteEvent(context.Background(), e.ID, "", t0, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 
 	// Another process writes: the read model hears nothing until refresh.
 	e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
-	_, theirGen, err := st.CreateEvent(context.Background(), e, "", nil)
+	_, theirGen, err := st.CreateEvent(context.Background(), e, "", nil, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 
 	// A write elsewhere with no write of ours after it is found by refresh.
 	e.ID = newID()
-	if _, _, err := st.CreateEvent(context.Background(), e, "", nil); err != nil {
+	if _, _, err := st.CreateEvent(context.Background(), e, "", nil, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if err := rm.refresh(context.Background()); err != nil {
@@ -236,13 +236,13 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 	for i, id := range ids {
 		switch i % 3 {
 		case 0:
-			gen, err := st.DeleteEvent(ctx, id, "")
+			gen, err := st.DeleteEvent(ctx, id, "", t0, "test")
 			if err != nil {
 				t.Fatal(err)
 			}
 			rm.applied(ctx, gen, nil, id)
 		case 1:
-			upd, gen, err := st.UpdateEvent(ctx, id, "", t0, false, func(u *Event) error {
+			upd, gen, err := st.UpdateEvent(ctx, id, "", t0, false, "test", func(u *Event) error {
 				u.Start = u.Start.Add(-90 * time.Minute)
 				return nil
 			})
@@ -370,7 +370,7 @@ func TestServerSeesAnotherProcessWrite(t *testing.T) {
 	defer other.Close()
 	now := time.Now().UTC()
 	e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: now, UpdatedAt: now}
-	if _, _, err := other.CreateEvent(context.Background(), e, "", nil); err != nil {
+	if _, _, err := other.CreateEvent(context.Background(), e, "", nil, "test"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {

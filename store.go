@@ -176,6 +176,19 @@ var migrations = []string{
 	ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE events ADD COLUMN labels TEXT NOT NULL DEFAULT '';
 	ALTER TABLE events ADD COLUMN state TEXT NOT NULL DEFAULT 'PUBLISHED' CHECK (state IN ('PUBLISHED', 'DRAFT'));`,
+	// 5: history. A revision per write, kept after the event is deleted (no foreign key), with
+	// the event as it stood after the write (before it, for a delete) as JSON.
+	`CREATE TABLE event_revisions (
+		event_id TEXT NOT NULL,
+		revision INTEGER NOT NULL,
+		action   TEXT NOT NULL CHECK (action IN ('create', 'update', 'delete', 'restore')),
+		key_id   TEXT NOT NULL,
+		at       INTEGER NOT NULL,
+		event    TEXT NOT NULL,
+		PRIMARY KEY (event_id, revision)
+	);
+	CREATE INDEX event_revisions_by_time ON event_revisions (at, event_id, revision);
+	CREATE INDEX event_revisions_by_key ON event_revisions (key_id, at);`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
@@ -343,7 +356,9 @@ const createRequestTTL = 7 * 24 * time.Hour
 // request created, with created false; with another fingerprint it returns errRequestReused.
 //
 // gen is the events generation after the write; 0 when nothing was written.
-func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fingerprint []byte) (got Event, gen int64, err error) {
+//
+// actor is the id of the key that asked, for the revision the write records.
+func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fingerprint []byte, actor string) (got Event, gen int64, err error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
 		return Event{}, 0, storeError("create event", err)
@@ -388,6 +403,9 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fin
 			return Event{}, 0, storeError("create event", err)
 		}
 	}
+	if err := writeRevision(ctx, tx, "create", actor, e.CreatedAt, e); err != nil {
+		return Event{}, 0, storeError("create event", err)
+	}
 	if gen, err = bumpGeneration(ctx, tx); err != nil {
 		return Event{}, 0, storeError("create event", err)
 	}
@@ -417,7 +435,7 @@ func (st *store) Event(ctx context.Context, id string) (Event, error) {
 //
 // With dryRun, UpdateEvent checks everything (existence, etag, change) and returns the event
 // as it would be, but writes nothing; the generation is 0.
-func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, dryRun bool, change func(*Event) error) (Event, int64, error) {
+func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, dryRun bool, actor string, change func(*Event) error) (Event, int64, error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
 		return Event{}, 0, storeError("update event", err)
@@ -456,6 +474,9 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time
 	if n, _ := res.RowsAffected(); n != 1 {
 		return Event{}, 0, errStale
 	}
+	if err := writeRevision(ctx, tx, "update", actor, now, e); err != nil {
+		return Event{}, 0, storeError("update event", err)
+	}
 	gen, err := bumpGeneration(ctx, tx)
 	if err != nil {
 		return Event{}, 0, storeError("update event", err)
@@ -469,24 +490,26 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time
 // DeleteEvent removes the event, or returns errNotFound. When etag is not empty it must be
 // the event's current one, or DeleteEvent returns errStale and deletes nothing. It returns
 // the events generation after the write.
-func (st *store) DeleteEvent(ctx context.Context, id, etag string) (int64, error) {
+func (st *store) DeleteEvent(ctx context.Context, id, etag string, now time.Time, actor string) (int64, error) {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, storeError("delete event", err)
 	}
 	defer tx.Rollback()
-	var version int64
-	err = tx.QueryRowContext(ctx, `SELECT version FROM events WHERE id = ?`, id).Scan(&version)
+	e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, errNotFound
 	}
 	if err != nil {
 		return 0, storeError("delete event", err)
 	}
-	if etag != "" && etag != formatETag(version) {
+	if etag != "" && etag != e.ETag() {
 		return 0, errStale
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, version); err != nil {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, e.Version); err != nil {
+		return 0, storeError("delete event", err)
+	}
+	if err := writeRevision(ctx, tx, "delete", actor, now, e); err != nil {
 		return 0, storeError("delete event", err)
 	}
 	gen, err := bumpGeneration(ctx, tx)

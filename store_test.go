@@ -32,7 +32,7 @@ func mustCreate(t *testing.T, st *store, title string, start, end time.Time) Eve
 	if err := e.validate(); err != nil {
 		t.Fatalf("validate %q: %v", title, err)
 	}
-	got, _, err := st.CreateEvent(context.Background(), e, "", nil)
+	got, _, err := st.CreateEvent(context.Background(), e, "", nil, "test")
 	if err != nil {
 		t.Fatalf("CreateEvent %q: %v", title, err)
 	}
@@ -59,7 +59,7 @@ func TestStoreEventCRUD(t *testing.T) {
 	if err := e.validate(); err != nil {
 		t.Fatal(err)
 	}
-	created, gen, err := st.CreateEvent(ctx, e, "", nil)
+	created, gen, err := st.CreateEvent(ctx, e, "", nil, "test")
 	if err != nil || gen != 1 {
 		t.Fatal(err, gen)
 	}
@@ -79,7 +79,7 @@ func TestStoreEventCRUD(t *testing.T) {
 	}
 
 	var want Event
-	got, gen, err = st.UpdateEvent(ctx, e.ID, "", t0.Add(time.Minute), false, func(u *Event) error {
+	got, gen, err = st.UpdateEvent(ctx, e.ID, "", t0.Add(time.Minute), false, "test", func(u *Event) error {
 		u.Title, u.Description, u.Rewards = "Winter Festival II", "", "[1,2]"
 		u.Start, u.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
 		u.CreatedAt = time.Time{} // an update must not touch created_at
@@ -99,23 +99,23 @@ func TestStoreEventCRUD(t *testing.T) {
 
 	// A refused change leaves the event as it was.
 	refuse := errors.New("no")
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, false, func(u *Event) error { u.Title = "changed"; return refuse }); err != refuse {
+	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, false, "test", func(u *Event) error { u.Title = "changed"; return refuse }); err != refuse {
 		t.Fatalf("UpdateEvent with a refusing change = %v", err)
 	}
 	if again, _ := st.Event(ctx, e.ID); !reflect.DeepEqual(again, want) {
 		t.Fatalf("a refused update changed the event: %+v", again)
 	}
 
-	if gen, err := st.DeleteEvent(ctx, e.ID, ""); err != nil || gen != 3 {
+	if gen, err := st.DeleteEvent(ctx, e.ID, "", t0, "test"); err != nil || gen != 3 {
 		t.Fatalf("DeleteEvent = %d, %v; want generation 3", gen, err)
 	}
 	if _, err := st.Event(ctx, e.ID); !errors.Is(err, errNotFound) {
 		t.Fatalf("Event after delete: err = %v; want errNotFound", err)
 	}
-	if _, err := st.DeleteEvent(ctx, e.ID, ""); !errors.Is(err, errNotFound) {
+	if _, err := st.DeleteEvent(ctx, e.ID, "", t0, "test"); !errors.Is(err, errNotFound) {
 		t.Fatalf("second DeleteEvent: err = %v; want errNotFound", err)
 	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, false, func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
+	if _, _, err := st.UpdateEvent(ctx, e.ID, "", t0, false, "test", func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
 		t.Fatalf("UpdateEvent of deleted event: err = %v; want errNotFound", err)
 	}
 }
@@ -128,20 +128,20 @@ func TestStoreETags(t *testing.T) {
 	rename := func(title string) func(*Event) error {
 		return func(u *Event) error { u.Title = title; return nil }
 	}
-	u, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, false, rename("first"))
+	u, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, false, "test", rename("first"))
 	if err != nil {
 		t.Fatalf("update with the current etag: %v", err)
 	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, false, rename("second")); !errors.Is(err, errStale) {
+	if _, _, err := st.UpdateEvent(ctx, e.ID, stale, t0, false, "test", rename("second")); !errors.Is(err, errStale) {
 		t.Fatalf("update with a stale etag: %v; want errStale", err)
 	}
-	if _, err := st.DeleteEvent(ctx, e.ID, stale); !errors.Is(err, errStale) {
+	if _, err := st.DeleteEvent(ctx, e.ID, stale, t0, "test"); !errors.Is(err, errStale) {
 		t.Fatalf("delete with a stale etag: %v; want errStale", err)
 	}
 	if got, _ := st.Event(ctx, e.ID); got.Title != "first" || got.Version != 2 {
 		t.Fatalf("after stale writes: %+v; want title first, version 2", got)
 	}
-	if _, err := st.DeleteEvent(ctx, e.ID, u.ETag()); err != nil {
+	if _, err := st.DeleteEvent(ctx, e.ID, u.ETag(), t0, "test"); err != nil {
 		t.Fatalf("delete with the current etag: %v", err)
 	}
 }
@@ -152,19 +152,19 @@ func TestStoreIdempotentCreate(t *testing.T) {
 	e := Event{ID: newID(), Title: "once", Start: t0, End: t0.Add(time.Hour), CreatedAt: t0, UpdatedAt: t0}
 	e.validate()
 	req := newID()
-	first, gen, err := st.CreateEvent(ctx, e, req, e.fingerprint())
+	first, gen, err := st.CreateEvent(ctx, e, req, e.fingerprint(), "test")
 	if err != nil || gen == 0 {
 		t.Fatalf("first create: %v, generation %d", err, gen)
 	}
 	retry := e
 	retry.ID = newID() // a retry gets a fresh id from the server, which must not be used
-	again, gen, err := st.CreateEvent(ctx, retry, req, retry.fingerprint())
+	again, gen, err := st.CreateEvent(ctx, retry, req, retry.fingerprint(), "test")
 	if err != nil || gen != 0 || !reflect.DeepEqual(again, first) {
 		t.Fatalf("retry: %+v, generation %d, %v; want the first event back and nothing written", again, gen, err)
 	}
 	other := e
 	other.Title = "different"
-	if _, _, err := st.CreateEvent(ctx, other, req, other.fingerprint()); !errors.Is(err, errRequestReused) {
+	if _, _, err := st.CreateEvent(ctx, other, req, other.fingerprint(), "test"); !errors.Is(err, errRequestReused) {
 		t.Fatalf("reused request_id with another body: %v; want errRequestReused", err)
 	}
 	if all, _, _ := st.Events(ctx); len(all) != 1 {
@@ -174,18 +174,18 @@ func TestStoreIdempotentCreate(t *testing.T) {
 	// A retry 25 hours later, after other creates, still finds the first event.
 	dayLater := e
 	dayLater.ID, dayLater.CreatedAt = newID(), t0.Add(25*time.Hour)
-	if _, _, err := st.CreateEvent(ctx, dayLater, newID(), dayLater.fingerprint()); err != nil {
+	if _, _, err := st.CreateEvent(ctx, dayLater, newID(), dayLater.fingerprint(), "test"); err != nil {
 		t.Fatal(err)
 	}
 	retry.CreatedAt = t0.Add(25 * time.Hour)
-	if again, gen, err := st.CreateEvent(ctx, retry, req, retry.fingerprint()); err != nil || gen != 0 || again.ID != first.ID {
+	if again, gen, err := st.CreateEvent(ctx, retry, req, retry.fingerprint(), "test"); err != nil || gen != 0 || again.ID != first.ID {
 		t.Fatalf("retry after 25h: %v, generation %d, %v; want the first event", again.ID, gen, err)
 	}
 
 	// Request ids are forgotten only long after the 24 hours promised.
 	later := e
 	later.ID, later.CreatedAt = newID(), t0.Add(createRequestTTL+time.Hour)
-	if _, _, err := st.CreateEvent(ctx, later, newID(), later.fingerprint()); err != nil {
+	if _, _, err := st.CreateEvent(ctx, later, newID(), later.fingerprint(), "test"); err != nil {
 		t.Fatal(err)
 	}
 	var n int

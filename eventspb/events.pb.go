@@ -1166,6 +1166,440 @@ func (x *ListEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// Revision is one write to an event, recorded in the write's own transaction.
+type Revision struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// revision counts an event's writes: 1, 2, 3...
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// action is create, update, delete or restore.
+	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	// key_id is the id of the key that wrote, or "import" for `liveops import`.
+	KeyId string                 `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// event is the event as it stood after the write; for a delete, as it stood before.
+	// Its status and next_start_time are not set.
+	Event         *Event `protobuf:"bytes,6,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revision) Reset() {
+	*x = Revision{}
+	mi := &file_events_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revision) ProtoMessage() {}
+
+func (x *Revision) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revision.ProtoReflect.Descriptor instead.
+func (*Revision) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Revision) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *Revision) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Revision) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *Revision) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *Revision) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Revision) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type ListEventRevisionsRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// page_size is 100 when 0, at most 1000.
+	PageSize      int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventRevisionsRequest) Reset() {
+	*x = ListEventRevisionsRequest{}
+	mi := &file_events_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventRevisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventRevisionsRequest) ProtoMessage() {}
+
+func (x *ListEventRevisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventRevisionsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventRevisionsRequest) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListEventRevisionsRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *ListEventRevisionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEventRevisionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListEventRevisionsResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Revisions []*Revision            `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	// next_page_token is empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventRevisionsResponse) Reset() {
+	*x = ListEventRevisionsResponse{}
+	mi := &file_events_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventRevisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventRevisionsResponse) ProtoMessage() {}
+
+func (x *ListEventRevisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventRevisionsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventRevisionsResponse) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListEventRevisionsResponse) GetRevisions() []*Revision {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+func (x *ListEventRevisionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type ListAuditLogRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is 100 when 0, at most 1000.
+	PageSize  int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// since (optional): only writes at or after this time.
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	// key_id (optional): only writes by this key ("import" for imports).
+	KeyId         string `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditLogRequest) Reset() {
+	*x = ListAuditLogRequest{}
+	mi := &file_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditLogRequest) ProtoMessage() {}
+
+func (x *ListAuditLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditLogRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditLogRequest) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListAuditLogRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAuditLogRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListAuditLogRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListAuditLogRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+type ListAuditLogResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Revisions []*Revision            `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	// next_page_token is empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditLogResponse) Reset() {
+	*x = ListAuditLogResponse{}
+	mi := &file_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditLogResponse) ProtoMessage() {}
+
+func (x *ListAuditLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditLogResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditLogResponse) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListAuditLogResponse) GetRevisions() []*Revision {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+func (x *ListAuditLogResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RestoreEventRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	EventId  string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// etag (optional): the event's etag as last read; if it changed since, ABORTED. A deleted
+	// event has no etag: leave it empty to undelete.
+	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreEventRequest) Reset() {
+	*x = RestoreEventRequest{}
+	mi := &file_events_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreEventRequest) ProtoMessage() {}
+
+func (x *RestoreEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreEventRequest.ProtoReflect.Descriptor instead.
+func (*RestoreEventRequest) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RestoreEventRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *RestoreEventRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RestoreEventRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+type RestoreEventResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreEventResponse) Reset() {
+	*x = RestoreEventResponse{}
+	mi := &file_events_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreEventResponse) ProtoMessage() {}
+
+func (x *RestoreEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreEventResponse.ProtoReflect.Descriptor instead.
+func (*RestoreEventResponse) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RestoreEventResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 var File_events_proto protoreflect.FileDescriptor
 
 const file_events_proto_rawDesc = "" +
@@ -1271,7 +1705,37 @@ const file_events_proto_rawDesc = "" +
 	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"g\n" +
 	"\x12ListEventsResponse\x12)\n" +
 	"\x06events\x18\x01 \x03(\v2\x11.liveops.v1.EventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*w\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc9\x01\n" +
+	"\bRevision\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12\x15\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
+	"\x05event\x18\x06 \x01(\v2\x11.liveops.v1.EventR\x05event\"r\n" +
+	"\x19ListEventRevisionsRequest\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"x\n" +
+	"\x1aListEventRevisionsResponse\x122\n" +
+	"\trevisions\x18\x01 \x03(\v2\x14.liveops.v1.RevisionR\trevisions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9a\x01\n" +
+	"\x13ListAuditLogRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x15\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId\"r\n" +
+	"\x14ListAuditLogResponse\x122\n" +
+	"\trevisions\x18\x01 \x03(\v2\x14.liveops.v1.RevisionR\trevisions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"`\n" +
+	"\x13RestoreEventRequest\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\"?\n" +
+	"\x14RestoreEventResponse\x12'\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event*w\n" +
 	"\vEventStatus\x12\x1c\n" +
 	"\x18EVENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EVENT_STATUS_UPCOMING\x10\x01\x12\x17\n" +
@@ -1281,14 +1745,17 @@ const file_events_proto_rawDesc = "" +
 	"EventState\x12\x1b\n" +
 	"\x17EVENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EVENT_STATE_PUBLISHED\x10\x01\x12\x15\n" +
-	"\x11EVENT_STATE_DRAFT\x10\x022\x92\x03\n" +
+	"\x11EVENT_STATE_DRAFT\x10\x022\x9d\x05\n" +
 	"\fEventService\x12N\n" +
 	"\vCreateEvent\x12\x1e.liveops.v1.CreateEventRequest\x1a\x1f.liveops.v1.CreateEventResponse\x12E\n" +
 	"\bGetEvent\x12\x1b.liveops.v1.GetEventRequest\x1a\x1c.liveops.v1.GetEventResponse\x12N\n" +
 	"\vUpdateEvent\x12\x1e.liveops.v1.UpdateEventRequest\x1a\x1f.liveops.v1.UpdateEventResponse\x12N\n" +
 	"\vDeleteEvent\x12\x1e.liveops.v1.DeleteEventRequest\x1a\x1f.liveops.v1.DeleteEventResponse\x12K\n" +
 	"\n" +
-	"ListEvents\x12\x1d.liveops.v1.ListEventsRequest\x1a\x1e.liveops.v1.ListEventsResponseB\x12Z\x10liveops/eventspbb\x06proto3"
+	"ListEvents\x12\x1d.liveops.v1.ListEventsRequest\x1a\x1e.liveops.v1.ListEventsResponse\x12c\n" +
+	"\x12ListEventRevisions\x12%.liveops.v1.ListEventRevisionsRequest\x1a&.liveops.v1.ListEventRevisionsResponse\x12Q\n" +
+	"\fListAuditLog\x12\x1f.liveops.v1.ListAuditLogRequest\x1a .liveops.v1.ListAuditLogResponse\x12Q\n" +
+	"\fRestoreEvent\x12\x1f.liveops.v1.RestoreEventRequest\x1a .liveops.v1.RestoreEventResponseB\x12Z\x10liveops/eventspbb\x06proto3"
 
 var (
 	file_events_proto_rawDescOnce sync.Once
@@ -1303,71 +1770,90 @@ func file_events_proto_rawDescGZIP() []byte {
 }
 
 var file_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_events_proto_goTypes = []any{
-	(EventStatus)(0),              // 0: liveops.v1.EventStatus
-	(EventState)(0),               // 1: liveops.v1.EventState
-	(Recurrence_Unit)(0),          // 2: liveops.v1.Recurrence.Unit
-	(*Recurrence)(nil),            // 3: liveops.v1.Recurrence
-	(*Event)(nil),                 // 4: liveops.v1.Event
-	(*CreateEventRequest)(nil),    // 5: liveops.v1.CreateEventRequest
-	(*CreateEventResponse)(nil),   // 6: liveops.v1.CreateEventResponse
-	(*GetEventRequest)(nil),       // 7: liveops.v1.GetEventRequest
-	(*GetEventResponse)(nil),      // 8: liveops.v1.GetEventResponse
-	(*UpdateEventRequest)(nil),    // 9: liveops.v1.UpdateEventRequest
-	(*UpdateEventResponse)(nil),   // 10: liveops.v1.UpdateEventResponse
-	(*DeleteEventRequest)(nil),    // 11: liveops.v1.DeleteEventRequest
-	(*DeleteEventResponse)(nil),   // 12: liveops.v1.DeleteEventResponse
-	(*ListEventsRequest)(nil),     // 13: liveops.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),    // 14: liveops.v1.ListEventsResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 16: google.protobuf.FieldMask
+	(EventStatus)(0),                   // 0: liveops.v1.EventStatus
+	(EventState)(0),                    // 1: liveops.v1.EventState
+	(Recurrence_Unit)(0),               // 2: liveops.v1.Recurrence.Unit
+	(*Recurrence)(nil),                 // 3: liveops.v1.Recurrence
+	(*Event)(nil),                      // 4: liveops.v1.Event
+	(*CreateEventRequest)(nil),         // 5: liveops.v1.CreateEventRequest
+	(*CreateEventResponse)(nil),        // 6: liveops.v1.CreateEventResponse
+	(*GetEventRequest)(nil),            // 7: liveops.v1.GetEventRequest
+	(*GetEventResponse)(nil),           // 8: liveops.v1.GetEventResponse
+	(*UpdateEventRequest)(nil),         // 9: liveops.v1.UpdateEventRequest
+	(*UpdateEventResponse)(nil),        // 10: liveops.v1.UpdateEventResponse
+	(*DeleteEventRequest)(nil),         // 11: liveops.v1.DeleteEventRequest
+	(*DeleteEventResponse)(nil),        // 12: liveops.v1.DeleteEventResponse
+	(*ListEventsRequest)(nil),          // 13: liveops.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),         // 14: liveops.v1.ListEventsResponse
+	(*Revision)(nil),                   // 15: liveops.v1.Revision
+	(*ListEventRevisionsRequest)(nil),  // 16: liveops.v1.ListEventRevisionsRequest
+	(*ListEventRevisionsResponse)(nil), // 17: liveops.v1.ListEventRevisionsResponse
+	(*ListAuditLogRequest)(nil),        // 18: liveops.v1.ListAuditLogRequest
+	(*ListAuditLogResponse)(nil),       // 19: liveops.v1.ListAuditLogResponse
+	(*RestoreEventRequest)(nil),        // 20: liveops.v1.RestoreEventRequest
+	(*RestoreEventResponse)(nil),       // 21: liveops.v1.RestoreEventResponse
+	(*timestamppb.Timestamp)(nil),      // 22: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 23: google.protobuf.FieldMask
 }
 var file_events_proto_depIdxs = []int32{
 	2,  // 0: liveops.v1.Recurrence.unit:type_name -> liveops.v1.Recurrence.Unit
-	15, // 1: liveops.v1.Recurrence.until:type_name -> google.protobuf.Timestamp
-	15, // 2: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
-	15, // 3: liveops.v1.Event.end_time:type_name -> google.protobuf.Timestamp
-	15, // 4: liveops.v1.Event.created_at:type_name -> google.protobuf.Timestamp
-	15, // 5: liveops.v1.Event.updated_at:type_name -> google.protobuf.Timestamp
-	15, // 6: liveops.v1.Event.preview_time:type_name -> google.protobuf.Timestamp
+	22, // 1: liveops.v1.Recurrence.until:type_name -> google.protobuf.Timestamp
+	22, // 2: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
+	22, // 3: liveops.v1.Event.end_time:type_name -> google.protobuf.Timestamp
+	22, // 4: liveops.v1.Event.created_at:type_name -> google.protobuf.Timestamp
+	22, // 5: liveops.v1.Event.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 6: liveops.v1.Event.preview_time:type_name -> google.protobuf.Timestamp
 	3,  // 7: liveops.v1.Event.recurrence:type_name -> liveops.v1.Recurrence
 	1,  // 8: liveops.v1.Event.state:type_name -> liveops.v1.EventState
 	0,  // 9: liveops.v1.Event.status:type_name -> liveops.v1.EventStatus
-	15, // 10: liveops.v1.Event.next_start_time:type_name -> google.protobuf.Timestamp
-	15, // 11: liveops.v1.CreateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	15, // 12: liveops.v1.CreateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	15, // 13: liveops.v1.CreateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	22, // 10: liveops.v1.Event.next_start_time:type_name -> google.protobuf.Timestamp
+	22, // 11: liveops.v1.CreateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	22, // 12: liveops.v1.CreateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	22, // 13: liveops.v1.CreateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
 	3,  // 14: liveops.v1.CreateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
 	1,  // 15: liveops.v1.CreateEventRequest.state:type_name -> liveops.v1.EventState
 	4,  // 16: liveops.v1.CreateEventResponse.event:type_name -> liveops.v1.Event
 	4,  // 17: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
-	15, // 18: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	15, // 19: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	16, // 20: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
-	15, // 21: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	22, // 18: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	22, // 19: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	23, // 20: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
+	22, // 21: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
 	3,  // 22: liveops.v1.UpdateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
 	1,  // 23: liveops.v1.UpdateEventRequest.state:type_name -> liveops.v1.EventState
 	4,  // 24: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
 	0,  // 25: liveops.v1.ListEventsRequest.status:type_name -> liveops.v1.EventStatus
 	1,  // 26: liveops.v1.ListEventsRequest.state:type_name -> liveops.v1.EventState
-	15, // 27: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
+	22, // 27: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
 	4,  // 28: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
-	5,  // 29: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
-	7,  // 30: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
-	9,  // 31: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
-	11, // 32: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
-	13, // 33: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
-	6,  // 34: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
-	8,  // 35: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
-	10, // 36: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
-	12, // 37: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
-	14, // 38: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
-	34, // [34:39] is the sub-list for method output_type
-	29, // [29:34] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	22, // 29: liveops.v1.Revision.time:type_name -> google.protobuf.Timestamp
+	4,  // 30: liveops.v1.Revision.event:type_name -> liveops.v1.Event
+	15, // 31: liveops.v1.ListEventRevisionsResponse.revisions:type_name -> liveops.v1.Revision
+	22, // 32: liveops.v1.ListAuditLogRequest.since:type_name -> google.protobuf.Timestamp
+	15, // 33: liveops.v1.ListAuditLogResponse.revisions:type_name -> liveops.v1.Revision
+	4,  // 34: liveops.v1.RestoreEventResponse.event:type_name -> liveops.v1.Event
+	5,  // 35: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
+	7,  // 36: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
+	9,  // 37: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
+	11, // 38: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
+	13, // 39: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
+	16, // 40: liveops.v1.EventService.ListEventRevisions:input_type -> liveops.v1.ListEventRevisionsRequest
+	18, // 41: liveops.v1.EventService.ListAuditLog:input_type -> liveops.v1.ListAuditLogRequest
+	20, // 42: liveops.v1.EventService.RestoreEvent:input_type -> liveops.v1.RestoreEventRequest
+	6,  // 43: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
+	8,  // 44: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
+	10, // 45: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
+	12, // 46: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
+	14, // 47: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
+	17, // 48: liveops.v1.EventService.ListEventRevisions:output_type -> liveops.v1.ListEventRevisionsResponse
+	19, // 49: liveops.v1.EventService.ListAuditLog:output_type -> liveops.v1.ListAuditLogResponse
+	21, // 50: liveops.v1.EventService.RestoreEvent:output_type -> liveops.v1.RestoreEventResponse
+	43, // [43:51] is the sub-list for method output_type
+	35, // [35:43] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }
@@ -1381,7 +1867,7 @@ func file_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_events_proto_rawDesc), len(file_events_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

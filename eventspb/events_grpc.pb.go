@@ -25,11 +25,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EventService_CreateEvent_FullMethodName = "/liveops.v1.EventService/CreateEvent"
-	EventService_GetEvent_FullMethodName    = "/liveops.v1.EventService/GetEvent"
-	EventService_UpdateEvent_FullMethodName = "/liveops.v1.EventService/UpdateEvent"
-	EventService_DeleteEvent_FullMethodName = "/liveops.v1.EventService/DeleteEvent"
-	EventService_ListEvents_FullMethodName  = "/liveops.v1.EventService/ListEvents"
+	EventService_CreateEvent_FullMethodName        = "/liveops.v1.EventService/CreateEvent"
+	EventService_GetEvent_FullMethodName           = "/liveops.v1.EventService/GetEvent"
+	EventService_UpdateEvent_FullMethodName        = "/liveops.v1.EventService/UpdateEvent"
+	EventService_DeleteEvent_FullMethodName        = "/liveops.v1.EventService/DeleteEvent"
+	EventService_ListEvents_FullMethodName         = "/liveops.v1.EventService/ListEvents"
+	EventService_ListEventRevisions_FullMethodName = "/liveops.v1.EventService/ListEventRevisions"
+	EventService_ListAuditLog_FullMethodName       = "/liveops.v1.EventService/ListAuditLog"
+	EventService_RestoreEvent_FullMethodName       = "/liveops.v1.EventService/RestoreEvent"
 )
 
 // EventServiceClient is the client API for EventService service.
@@ -44,6 +47,13 @@ type EventServiceClient interface {
 	UpdateEvent(ctx context.Context, in *UpdateEventRequest, opts ...grpc.CallOption) (*UpdateEventResponse, error)
 	DeleteEvent(ctx context.Context, in *DeleteEventRequest, opts ...grpc.CallOption) (*DeleteEventResponse, error)
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// ListEventRevisions lists an event's revisions, newest first; a deleted event's too.
+	ListEventRevisions(ctx context.Context, in *ListEventRevisionsRequest, opts ...grpc.CallOption) (*ListEventRevisionsResponse, error)
+	// ListAuditLog lists every admin write across events, newest first.
+	ListAuditLog(ctx context.Context, in *ListAuditLogRequest, opts ...grpc.CallOption) (*ListAuditLogResponse, error)
+	// RestoreEvent makes an event look as it did at a revision again, as a new revision;
+	// it brings a deleted event back under its old id.
+	RestoreEvent(ctx context.Context, in *RestoreEventRequest, opts ...grpc.CallOption) (*RestoreEventResponse, error)
 }
 
 type eventServiceClient struct {
@@ -104,6 +114,36 @@ func (c *eventServiceClient) ListEvents(ctx context.Context, in *ListEventsReque
 	return out, nil
 }
 
+func (c *eventServiceClient) ListEventRevisions(ctx context.Context, in *ListEventRevisionsRequest, opts ...grpc.CallOption) (*ListEventRevisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventRevisionsResponse)
+	err := c.cc.Invoke(ctx, EventService_ListEventRevisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *eventServiceClient) ListAuditLog(ctx context.Context, in *ListAuditLogRequest, opts ...grpc.CallOption) (*ListAuditLogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditLogResponse)
+	err := c.cc.Invoke(ctx, EventService_ListAuditLog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *eventServiceClient) RestoreEvent(ctx context.Context, in *RestoreEventRequest, opts ...grpc.CallOption) (*RestoreEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoreEventResponse)
+	err := c.cc.Invoke(ctx, EventService_RestoreEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventServiceServer is the server API for EventService service.
 // All implementations must embed UnimplementedEventServiceServer
 // for forward compatibility.
@@ -116,6 +156,13 @@ type EventServiceServer interface {
 	UpdateEvent(context.Context, *UpdateEventRequest) (*UpdateEventResponse, error)
 	DeleteEvent(context.Context, *DeleteEventRequest) (*DeleteEventResponse, error)
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// ListEventRevisions lists an event's revisions, newest first; a deleted event's too.
+	ListEventRevisions(context.Context, *ListEventRevisionsRequest) (*ListEventRevisionsResponse, error)
+	// ListAuditLog lists every admin write across events, newest first.
+	ListAuditLog(context.Context, *ListAuditLogRequest) (*ListAuditLogResponse, error)
+	// RestoreEvent makes an event look as it did at a revision again, as a new revision;
+	// it brings a deleted event back under its old id.
+	RestoreEvent(context.Context, *RestoreEventRequest) (*RestoreEventResponse, error)
 	mustEmbedUnimplementedEventServiceServer()
 }
 
@@ -140,6 +187,15 @@ func (UnimplementedEventServiceServer) DeleteEvent(context.Context, *DeleteEvent
 }
 func (UnimplementedEventServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedEventServiceServer) ListEventRevisions(context.Context, *ListEventRevisionsRequest) (*ListEventRevisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEventRevisions not implemented")
+}
+func (UnimplementedEventServiceServer) ListAuditLog(context.Context, *ListAuditLogRequest) (*ListAuditLogResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditLog not implemented")
+}
+func (UnimplementedEventServiceServer) RestoreEvent(context.Context, *RestoreEventRequest) (*RestoreEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestoreEvent not implemented")
 }
 func (UnimplementedEventServiceServer) mustEmbedUnimplementedEventServiceServer() {}
 func (UnimplementedEventServiceServer) testEmbeddedByValue()                      {}
@@ -252,6 +308,60 @@ func _EventService_ListEvents_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventService_ListEventRevisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventRevisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).ListEventRevisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_ListEventRevisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).ListEventRevisions(ctx, req.(*ListEventRevisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EventService_ListAuditLog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditLogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).ListAuditLog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_ListAuditLog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).ListAuditLog(ctx, req.(*ListAuditLogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EventService_RestoreEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).RestoreEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_RestoreEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).RestoreEvent(ctx, req.(*RestoreEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventService_ServiceDesc is the grpc.ServiceDesc for EventService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -278,6 +388,18 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListEvents",
 			Handler:    _EventService_ListEvents_Handler,
+		},
+		{
+			MethodName: "ListEventRevisions",
+			Handler:    _EventService_ListEventRevisions_Handler,
+		},
+		{
+			MethodName: "ListAuditLog",
+			Handler:    _EventService_ListAuditLog_Handler,
+		},
+		{
+			MethodName: "RestoreEvent",
+			Handler:    _EventService_RestoreEvent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
