@@ -38,6 +38,75 @@ func runBackup(ctx context.Context, args []string, getenv func(string) string, s
 	return nil
 }
 
+// runExport writes every event's definition to stdout as stable JSON sorted by id.
+func runExport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("liveops export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var db string
+	dbFlag(fs, &db, getenv)
+	if err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	st, err := openExistingStore(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	out, err := st.Export(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
+}
+
+// runImport creates or updates events from an export file, all or nothing.
+func runImport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("liveops import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, "usage: liveops import [-db FILE] [-dry-run] EVENTS.json\n"); fs.PrintDefaults() }
+	var db string
+	dbFlag(fs, &db, getenv)
+	dryRun := fs.Bool("dry-run", false, "print what would change, field by field, and change nothing")
+	if err := parseInterspersed(fs, args, 1); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	events, problems := parseImport(data)
+	if len(problems) > 0 {
+		for _, p := range problems {
+			fmt.Fprintln(stderr, p)
+		}
+		return fmt.Errorf("import: %d problem(s) in %s; nothing was imported", len(problems), fs.Arg(0))
+	}
+	st, err := openStore(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	changes, _, err := st.Import(ctx, events, time.Now().UTC(), *dryRun)
+	if err != nil {
+		return err
+	}
+	counts := map[string]int{}
+	for _, c := range changes {
+		counts[c.Action]++
+		fmt.Fprintf(stdout, "%-9s %s\n", c.Action, c.ID)
+		for _, f := range c.Fields {
+			fmt.Fprintf(stdout, "          %s\n", f)
+		}
+	}
+	verb := "imported"
+	if *dryRun {
+		verb = "would import (dry run, nothing changed)"
+	}
+	fmt.Fprintf(stdout, "%s: %d created, %d updated, %d unchanged\n", verb, counts["create"], counts["update"], counts["unchanged"])
+	return nil
+}
+
 const keysUsage = `usage:
   liveops keys create -role http_user|grpc_admin [-name NAME] [-expires DURATION] [-db FILE]
   liveops keys list [-db FILE]

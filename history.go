@@ -228,6 +228,7 @@ func (st *store) RestoreEvent(ctx context.Context, id string, rev int64, etag st
 	e := target.Event
 	e.ID, e.UpdatedAt, e.Version = id, now, max(lastVersion, cur.Version)+1
 	vals := eventValues(e)
+	err = nil
 	if exists {
 		_, err = tx.ExecContext(ctx, `DELETE FROM events WHERE id = ?`, id)
 	}

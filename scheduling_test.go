@@ -49,7 +49,14 @@ func startClockedServer(t *testing.T, c *clock, args ...string) *testServer {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close(); svc.grpc.Stop() })
+	t.Cleanup(func() {
+		srv.Close()
+		svc.grpc.Stop()
+		if t.Failed() {
+			log.out.Flush()
+			t.Logf("server log:\n%s", logs)
+		}
+	})
 
 	ts := &testServer{addr: ln.Addr().String(), db: db, user: user, admin: admin, logs: logs, stop: func() error { return srv.Close() }}
 	ts.conn, err = grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -53,7 +53,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: liveops [flags]                    serve HTTP and gRPC on one port\n"+
 			"       liveops keys create|list|revoke   manage API keys (liveops keys -h)\n"+
-			"       liveops backup [-db FILE] OUT.db  copy the database while it is in use\n\nflags:\n")
+			"       liveops backup [-db FILE] OUT.db  copy the database while it is in use\n"+
+			"       liveops export [-db FILE]         print every event as JSON\n"+
+			"       liveops import [-db FILE] [-dry-run] EVENTS.json   create or update events from a file\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "LIVEOPS_ADDR", ":8080"), "listen address (env LIVEOPS_ADDR)")
@@ -134,6 +136,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return runKeys(ctx, args[2:], getenv, stdout, stderr)
 		case "backup":
 			return runBackup(ctx, args[2:], getenv, stderr)
+		case "export":
+			return runExport(ctx, args[2:], getenv, stdout, stderr)
+		case "import":
+			return runImport(ctx, args[2:], getenv, stdout, stderr)
 		}
 	}
 	cfg, err := parseConfig(args[1:], getenv, stderr)
