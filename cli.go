@@ -64,7 +64,10 @@ func runExport(ctx context.Context, args []string, getenv func(string) string, s
 func runImport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("liveops import", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, "usage: liveops import [-db FILE] [-dry-run] EVENTS.json\n"); fs.PrintDefaults() }
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: liveops import [-db FILE] [-dry-run] EVENTS.json\n")
+		fs.PrintDefaults()
+	}
 	var db string
 	dbFlag(fs, &db, getenv)
 	dryRun := fs.Bool("dry-run", false, "print what would change, field by field, and change nothing")

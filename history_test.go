@@ -209,7 +209,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 	rich := Event{ID: newID(), Title: "rich <&>", Description: "two\nlines", Start: t0, End: t0.Add(2 * time.Hour),
 		Rewards: `{"z":1,"a":[true,null]}`, Preview: t0.Add(-time.Hour), Priority: -3, Labels: []string{"shop", "pvp"}, State: stateDraft,
 		Recurrence: Recurrence{Interval: 2, Unit: unitWeekly, TimeZone: "Europe/Paris", Until: t0.Add(30 * 24 * time.Hour)},
-		CreatedAt: t0, UpdatedAt: t0}
+		CreatedAt:  t0, UpdatedAt: t0}
 	if err := rich.validate(); err != nil {
 		t.Fatal(err)
 	}
