@@ -438,8 +438,8 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 					acked = append(acked, resp.GetEvent().GetId())
 					mu.Unlock()
 					if n.Add(1) == int64(killAfter) {
-						p.cmd.Process.Signal(syscall.SIGKILL)
 						close(killed)
+						p.cmd.Process.Signal(syscall.SIGKILL)
 					}
 				}
 			})
@@ -447,7 +447,12 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 		select {
 		case <-killed:
 		case err := <-p.exited:
-			t.Fatalf("round %d: the server exited before it was killed: %v\n%s", round, err, p.output())
+			select {
+			case <-killed: // killed, and the exit was noticed first
+				p.exited <- err
+			default:
+				t.Fatalf("round %d: the server exited before it was killed: %v\n%s", round, err, p.output())
+			}
 		case <-time.After(30 * time.Second):
 			t.Fatalf("round %d: only %d creates acknowledged in 30s", round, n.Load())
 		}

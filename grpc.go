@@ -156,10 +156,15 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	if err := checkID(req.GetId()); err != nil {
 		return nil, s.grpcError(err)
 	}
-	// No mask, an empty one or "*" replaces every field.
+	// No mask, an empty one or "*" replaces every field, but for state when the request
+	// leaves it unspecified: an edit that does not mention the state must not publish a
+	// draft, nor hide a live event.
 	paths := req.GetUpdateMask().GetPaths()
 	if len(paths) == 1 && paths[0] == "*" || len(paths) == 0 {
 		paths = slices.Sorted(maps.Keys(updatableFields))
+	}
+	if req.GetState() == eventspb.EventState_EVENT_STATE_UNSPECIFIED {
+		paths = slices.DeleteFunc(slices.Clone(paths), func(p string) bool { return p == "state" })
 	}
 	for _, p := range paths {
 		if updatableFields[p] == nil {
@@ -256,6 +261,9 @@ func adminQueryFrom(req *eventspb.ListEventsRequest) (adminQuery, error) {
 	}
 	if req.At != nil {
 		at, err := fromTimestamp("at", req.GetAt())
+		if err == nil {
+			err = checkTime("at", at)
+		}
 		if err != nil {
 			return q, err
 		}

@@ -126,6 +126,9 @@ func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Tim
 		if err != nil {
 			return q, time.Time{}, &fieldError{"at", "must be an RFC 3339 time such as 2027-01-01T20:00:00+01:00"}
 		}
+		if err := checkTime("at", t.UTC()); err != nil {
+			return q, time.Time{}, err
+		}
 		at = t.UTC()
 	}
 	return q, at, nil

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"slices"
 	"strings"
@@ -307,6 +308,9 @@ func parseImport(data []byte) ([]Event, []importProblem) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return nil, []importProblem{{Field: "file", Reason: err.Error()}}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, []importProblem{{Field: "file", Reason: "holds more than one JSON value"}}
 	}
 	var problems []importProblem
 	var events []Event

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -305,3 +306,27 @@ func TestImportDryRunAndValidation(t *testing.T) {
 }
 
 func timestampOf(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+func TestFailedRestoreLeavesNoTrace(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	e := mustCreate(t, st, "one", t0, t0.Add(time.Hour))
+	if _, _, err := st.RestoreEvent(ctx, e.ID, 1, "v9", t0, "k"); !errors.Is(err, errStale) {
+		t.Fatalf("stale restore: %v", err)
+	}
+	if _, _, err := st.RestoreEvent(ctx, e.ID, 7, "", t0, "k"); !errors.Is(err, errNoRevision) {
+		t.Fatalf("restore of a missing revision: %v", err)
+	}
+	revs, _ := st.Revisions(ctx, e.ID, 0, 10)
+	got, _ := st.Event(ctx, e.ID)
+	if len(revs) != 1 || got.Version != 1 {
+		t.Fatalf("after failed restores: %d revisions, version %d; want 1 and 1", len(revs), got.Version)
+	}
+}
+
+func TestImportRefusesTrailingData(t *testing.T) {
+	_, problems := parseImport([]byte(`{"events": []} {"events": []}`))
+	if len(problems) != 1 || !strings.Contains(problems[0].Reason, "more than one") {
+		t.Fatalf("problems = %v; want one saying there is more than one JSON value", problems)
+	}
+}

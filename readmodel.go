@@ -125,6 +125,7 @@ func (e *entry) viewAt(t time.Time) view { return e.Event.viewAt(&e.sched, t) }
 // snapshot is every event at one events generation. It is never modified.
 type snapshot struct {
 	gen     int64
+	builtAt time.Time // open holds every event not ended at this instant
 	ordered []*entry // every event in list order: priority (highest first), start time, id
 	byID    []*entry // every event, ordered by id
 	// open holds the published events that had not ended when the snapshot was made, ordered
@@ -155,7 +156,7 @@ func openOrder(a, b *entry) int {
 func isOpen(e *entry, now time.Time) bool { return e.State != stateDraft && e.end.After(now) }
 
 func newSnapshot(gen int64, events []Event, now time.Time) *snapshot {
-	s := &snapshot{gen: gen, ordered: make([]*entry, len(events))}
+	s := &snapshot{gen: gen, builtAt: now, ordered: make([]*entry, len(events))}
 	for i := range events {
 		s.ordered[i] = newEntry(events[i])
 	}
@@ -180,7 +181,7 @@ func (s *snapshot) with(gen int64, e *Event, deletedID string, now time.Time) *s
 		id, added = e.ID, newEntry(*e)
 	}
 	old, _ := s.get(id)
-	next := &snapshot{gen: gen,
+	next := &snapshot{gen: gen, builtAt: now,
 		ordered: edit(s.ordered, old, added, listOrder),
 		byID:    edit(s.byID, old, added, byIDOnly),
 	}
@@ -223,6 +224,18 @@ func (s *snapshot) get(id string) (*entry, bool) {
 	return s.byID[i], true
 }
 
+// byFirstSeen returns every published event in open's order; for questions about the past.
+func (s *snapshot) byFirstSeen() []*entry {
+	out := make([]*entry, 0, len(s.ordered))
+	for _, e := range s.ordered {
+		if e.State != stateDraft {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, openOrder)
+	return out
+}
+
 // statusSet is a set of statuses, one bit each.
 type statusSet uint8
 
@@ -245,7 +258,7 @@ func (q playerQuery) matches(labels []string, v view) bool {
 	if want == 0 {
 		want = 1 << statusActive
 	}
-	if !v.visible || !want.has(v.status) {
+	if !v.listed || !want.has(v.status) {
 		return false
 	}
 	if len(q.labels) == 0 {
@@ -270,7 +283,13 @@ type shown struct {
 func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time) {
 	until := forever
 	var out []shown
-	for _, e := range s.open {
+	candidates := s.open
+	if t.Before(s.builtAt) {
+		// Asked about the past (time travel, or a clock that stepped back): events that
+		// have ended since are not in open.
+		candidates = s.byFirstSeen()
+	}
+	for _, e := range candidates {
 		if e.firstSeen.After(t) {
 			// open is ordered by firstSeen: no later event is visible yet, and this one
 			// becomes visible first.

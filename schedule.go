@@ -54,6 +54,11 @@ func (r *Recurrence) validate(d time.Duration, start time.Time) error {
 	if r.Count < 0 {
 		return &fieldError{"recurrence.count", "must not be negative"}
 	}
+	// Every occurrence must start before maxEventTime, like any event; working in seconds
+	// keeps a huge count from overflowing a Duration on the way.
+	if r.Count > 0 && start.Unix()+int64(r.Count-1)*int64(r.Interval)*r.nominalStepSeconds() >= maxEventTime.Unix() {
+		return &fieldError{"recurrence.count", fmt.Sprintf("the last occurrence would start after %d", maxEventTime.Year())}
+	}
 	if !r.Until.IsZero() {
 		if err := checkTime("recurrence.until", r.Until); err != nil {
 			return err
@@ -68,19 +73,38 @@ func (r *Recurrence) validate(d time.Duration, start time.Time) error {
 	return nil
 }
 
-// minStep is the shortest real time between two occurrences. Wall-clock days can be an
-// hour short when clocks change, and months as short as 28 days.
+// clockChangeMargin is the most a wall-clock day can be shorter than 24 hours. Most zones
+// move their clocks by an hour; Antarctica/Troll moves them by two.
+const clockChangeMargin = 3 * time.Hour
+
+// minStep is the shortest real time between two occurrences: wall-clock days can be short
+// by a clock change, and n months are at least 28 + 30(n-1) days (February first).
 func (r Recurrence) minStep() time.Duration {
 	n := time.Duration(r.Interval)
+	day := 24 * time.Hour
 	switch r.Unit {
 	case unitHourly:
 		return n * time.Hour
 	case unitDaily:
-		return n*24*time.Hour - time.Hour
+		return n*day - clockChangeMargin
 	case unitWeekly:
-		return n*7*24*time.Hour - time.Hour
+		return n*7*day - clockChangeMargin
 	default:
-		return n*28*24*time.Hour - time.Hour
+		return (28+30*(n-1))*day - clockChangeMargin
+	}
+}
+
+// nominalStepSeconds is one unit's nominal length, for estimates.
+func (r Recurrence) nominalStepSeconds() int64 {
+	switch r.Unit {
+	case unitHourly:
+		return 3600
+	case unitDaily:
+		return 86400
+	case unitWeekly:
+		return 7 * 86400
+	default:
+		return 28 * 86400 // the shortest month: an estimate of how far occurrences reach
 	}
 }
 
@@ -200,6 +224,13 @@ func (s *schedule) indexAt(t time.Time) int {
 	if !s.rec.repeats() {
 		return 0
 	}
+	// Past the last occurrence, nothing changes any more: answer for the last one instead
+	// of stepping through centuries.
+	if s.last >= 0 {
+		if lastStart := s.startOf(s.last); !t.Before(lastStart) {
+			return s.last
+		}
+	}
 	// Estimate from the nominal step, then correct: clock changes and month lengths move
 	// the real starts by less than one step.
 	var k int
@@ -209,8 +240,7 @@ func (s *schedule) indexAt(t time.Time) int {
 		months := (tw.Year()-s.wall.Year())*12 + int(tw.Month()-s.wall.Month())
 		k = months / s.rec.Interval
 	default:
-		step := map[string]time.Duration{unitHourly: time.Hour, unitDaily: 24 * time.Hour, unitWeekly: 7 * 24 * time.Hour}[s.rec.Unit]
-		k = int(t.Sub(s.start) / (step * time.Duration(s.rec.Interval)))
+		k = int((t.Unix() - s.start.Unix()) / (s.rec.nominalStepSeconds() * int64(s.rec.Interval)))
 	}
 	for k > 0 && s.startOf(k).After(t) {
 		k--
@@ -237,14 +267,16 @@ func (s eventStatus) String() string { return statusNames[s] }
 // view is an event as it stands at one instant.
 type view struct {
 	status     eventStatus
-	visible    bool      // players may see it: published, and previewed or started
-	start, end time.Time // the occurrence shown: the active one, else the next previewed one, else the last
+	visible    bool      // players may read it by id: published, and previewed or started once
+	listed     bool      // players' lists show it: active, or upcoming and previewed
+	start, end time.Time // the occurrence shown: the active one, else the next, else the last
 	occurrence int       // its index
 	nextStart  time.Time // the first start after the instant; zero when there is none
 	until      time.Time // the next instant anything above changes; forever when nothing will
 }
 
-// viewAt works out how e (with schedule s) stands at t.
+// viewAt works out how e (with schedule s) stands at t. Between two occurrences a
+// recurring event is upcoming, showing the next one; it is ended only when none is left.
 func (e *Event) viewAt(s *schedule, t time.Time) view {
 	v := view{until: forever}
 	k := s.indexAt(t) // the last occurrence started
@@ -258,29 +290,30 @@ func (e *Event) viewAt(s *schedule, t time.Time) view {
 	if next >= 0 {
 		v.nextStart = s.startOf(next)
 	}
+	published := e.State != stateDraft
 	switch {
 	case k >= 0 && t.Before(s.startOf(k).Add(s.duration)):
 		v.status, v.occurrence = statusActive, k
 		v.until = s.startOf(k).Add(s.duration)
-	case next >= 0 && !t.Before(v.nextStart.Add(-s.lead)) && s.lead > 0:
+		v.listed = published
+	case next >= 0:
 		v.status, v.occurrence = statusUpcoming, next
-	case k >= 0:
+		previewFrom := v.nextStart.Add(-s.lead)
+		v.listed = published && s.lead > 0 && !t.Before(previewFrom)
+		if s.lead > 0 && t.Before(previewFrom) {
+			v.until = previewFrom
+		}
+	default: // the last occurrence has ended
 		v.status, v.occurrence = statusEnded, k
-	default: // before the first start, not yet previewed
-		v.status, v.occurrence = statusUpcoming, 0
 	}
 	if next >= 0 {
-		// The answer next changes when the next occurrence is previewed or starts.
-		if p := v.nextStart.Add(-s.lead); s.lead > 0 && t.Before(p) {
-			v.until = minTime(v.until, p)
-		}
 		v.until = minTime(v.until, v.nextStart)
 	}
 	v.start = s.startOf(v.occurrence)
 	v.end = v.start.Add(s.duration)
 	firstSeen := s.start.Add(-s.lead)
-	v.visible = e.State != stateDraft && !t.Before(firstSeen)
-	if !v.visible && e.State != stateDraft {
+	v.visible = published && !t.Before(firstSeen)
+	if published && !v.visible {
 		v.until = minTime(v.until, firstSeen)
 	}
 	return v

@@ -152,7 +152,7 @@ func TestViewAt(t *testing.T) {
 		{"before the first preview", start.Add(-7 * time.Hour), statusUpcoming, false, 0, start.Add(-6 * time.Hour)},
 		{"previewed", start.Add(-6 * time.Hour), statusUpcoming, true, 0, start},
 		{"first occurrence", start, statusActive, true, 0, start.Add(2 * time.Hour)},
-		{"between, before the next preview", start.Add(3 * time.Hour), statusEnded, true, 0, start.Add(day - 6*time.Hour)},
+		{"between, before the next preview", start.Add(3 * time.Hour), statusUpcoming, true, 1, start.Add(day - 6*time.Hour)},
 		{"next one previewed", start.Add(day - 6*time.Hour), statusUpcoming, true, 1, start.Add(day)},
 		{"second occurrence", start.Add(day + time.Hour), statusActive, true, 1, start.Add(day + 2*time.Hour)},
 		{"last occurrence", start.Add(2 * day), statusActive, true, 2, start.Add(2*day + 2*time.Hour)},
@@ -161,6 +161,11 @@ func TestViewAt(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := e.viewAt(&s, tt.at)
+			// Lists show what is active, or upcoming within its preview.
+			wantListed := tt.status == statusActive || tt.status == statusUpcoming && !tt.at.Before(start.Add(time.Duration(tt.occurrence)*day-6*time.Hour))
+			if v.listed != wantListed {
+				t.Fatalf("listed = %v; want %v", v.listed, wantListed)
+			}
 			if v.status != tt.status || v.visible != tt.visible || v.occurrence != tt.occurrence || !v.until.Equal(tt.until) {
 				t.Fatalf("viewAt = %v visible=%v occurrence %d until %v; want %v %v %d until %v",
 					v.status, v.visible, v.occurrence, v.until, tt.status, tt.visible, tt.occurrence, tt.until)
@@ -198,7 +203,12 @@ func TestRecurrenceValidation(t *testing.T) {
 		{"interval 0", time.Hour, Recurrence{Interval: 0, Unit: unitDaily}, "recurrence.interval"},
 		{"daily lasting a day overlaps", 24 * time.Hour, Recurrence{Interval: 1, Unit: unitDaily}, "recurrence"},
 		{"daily lasting 23h could overlap across a clock change", 23 * time.Hour, Recurrence{Interval: 1, Unit: unitDaily}, "recurrence"},
-		{"daily lasting 22h59m", 22*time.Hour + 59*time.Minute, Recurrence{Interval: 1, Unit: unitDaily}, ""},
+		{"daily lasting 21h could overlap across Antarctica/Troll's 2-hour change", 21 * time.Hour, Recurrence{Interval: 1, Unit: unitDaily}, "recurrence"},
+		{"daily lasting 20h59m", 20*time.Hour + 59*time.Minute, Recurrence{Interval: 1, Unit: unitDaily}, ""},
+		{"every 2 months lasting 57 days", 57 * 24 * time.Hour, Recurrence{Interval: 2, Unit: unitMonthly}, ""},
+		{"every 2 months lasting 58 days", 58 * 24 * time.Hour, Recurrence{Interval: 2, Unit: unitMonthly}, "recurrence"},
+		{"a count reaching past 2200", time.Hour, Recurrence{Interval: 2, Unit: unitHourly, Count: 3_000_000}, "recurrence.count"},
+		{"a count within range", time.Hour, Recurrence{Interval: 2, Unit: unitHourly, Count: 100_000}, ""},
 		{"hourly lasting an hour overlaps", time.Hour, Recurrence{Interval: 1, Unit: unitHourly}, "recurrence"},
 		{"monthly lasting 28 days overlaps", 28 * 24 * time.Hour, Recurrence{Interval: 1, Unit: unitMonthly}, "recurrence"},
 		{"until before start", time.Hour, Recurrence{Interval: 1, Unit: unitDaily, Until: start.Add(-time.Hour)}, "recurrence.until"},

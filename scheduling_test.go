@@ -305,8 +305,15 @@ func TestRecurringEventOverBothAPIs(t *testing.T) {
 	c.set(utc(t, "2026-03-08T00:00:00Z"))
 	got, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: id})
 	if err != nil || !got.GetEvent().GetNextStartTime().AsTime().Equal(utc(t, "2026-03-14T19:00:00Z")) ||
-		!got.GetEvent().GetStartTime().AsTime().Equal(first) || got.GetEvent().GetStatus() != eventspb.EventStatus_EVENT_STATUS_ENDED {
-		t.Fatalf("admin view between occurrences: %v, %v; want the definition, next start 14 Mar 19:00Z", got.GetEvent(), err)
+		!got.GetEvent().GetStartTime().AsTime().Equal(first) || got.GetEvent().GetStatus() != eventspb.EventStatus_EVENT_STATUS_UPCOMING {
+		t.Fatalf("admin view between occurrences: %v, %v; want the definition, upcoming, next start 14 Mar 19:00Z", got.GetEvent(), err)
+	}
+	// Between occurrences, before the next preview, lists leave it out, but it stays readable.
+	if _, l := ts.list(t, "?status=active,upcoming"); len(l.Events) != 0 {
+		t.Fatalf("between occurrences, before the next preview: %q listed", l.titles())
+	}
+	if code, _, body := ts.get(t, "/events/"+id, ts.user); code != 200 || !strings.Contains(string(body), `"status":"upcoming","start_time":"2026-03-14T19:00:00Z"`) {
+		t.Fatalf("by id between occurrences: %d %s; want the next occurrence, upcoming", code, body)
 	}
 
 	bad := createReq("bad zone", first, first.Add(time.Hour), "")
@@ -384,5 +391,123 @@ func TestListEventsPagesAndTimeTravel(t *testing.T) {
 	}
 	if _, l := tt.list(t, ""); l.titles() != "" {
 		t.Fatalf("without at: %q; want nothing yet", l.titles())
+	}
+}
+
+func TestListEventsFiltersAndTies(t *testing.T) {
+	c := newClock(t0)
+	ts := startClockedServer(t, c)
+	admin := withKey(ts.admin)
+	mk := func(title string, start, end time.Duration, state eventspb.EventState) string {
+		t.Helper()
+		r := createReq(title, t0.Add(start), t0.Add(end), "")
+		r.State = state
+		resp, err := ts.events.CreateEvent(admin, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetEvent().GetId()
+	}
+	mk("past", -3*time.Hour, -2*time.Hour, 0)
+	a := mk("tie a", -time.Hour, time.Hour, 0)
+	b := mk("tie b", -time.Hour, time.Hour, 0)
+	mk("future draft", time.Hour, 2*time.Hour, eventspb.EventState_EVENT_STATE_DRAFT)
+
+	titles := func(req *eventspb.ListEventsRequest) string {
+		t.Helper()
+		resp, err := ts.events.ListEvents(admin, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range resp.GetEvents() {
+			out = append(out, e.GetTitle())
+		}
+		return strings.Join(out, ",")
+	}
+	// Same priority, same start: the id decides.
+	ties := "tie a,tie b"
+	if b < a {
+		ties = "tie b,tie a"
+	}
+	if got := titles(&eventspb.ListEventsRequest{Status: []eventspb.EventStatus{eventspb.EventStatus_EVENT_STATUS_ACTIVE}}); got != ties {
+		t.Fatalf("active = %q; want %q (ordered by id)", got, ties)
+	}
+	if _, l := ts.list(t, ""); l.titles() != ties {
+		t.Fatalf("GET /events = %q; want %q (ordered by id)", l.titles(), ties)
+	}
+	if got := titles(&eventspb.ListEventsRequest{Status: []eventspb.EventStatus{eventspb.EventStatus_EVENT_STATUS_ENDED}}); got != "past" {
+		t.Fatalf("ended = %q", got)
+	}
+	if got := titles(&eventspb.ListEventsRequest{Status: []eventspb.EventStatus{eventspb.EventStatus_EVENT_STATUS_UPCOMING}}); got != "future draft" {
+		t.Fatalf("upcoming = %q", got)
+	}
+	if got := titles(&eventspb.ListEventsRequest{State: eventspb.EventState_EVENT_STATE_DRAFT}); got != "future draft" {
+		t.Fatalf("drafts = %q", got)
+	}
+	if got := titles(&eventspb.ListEventsRequest{State: eventspb.EventState_EVENT_STATE_PUBLISHED}); strings.Contains(got, "draft") {
+		t.Fatalf("published = %q", got)
+	}
+
+	// The event a token points at is deleted between pages: the next page goes on after it.
+	first, err := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{PageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cursor := first.GetEvents()[1]
+	if _, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: cursor.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{PageSize: 2, PageToken: first.GetNextPageToken()})
+	if err != nil || len(rest.GetEvents()) != 2 || rest.GetNextPageToken() != "" {
+		t.Fatalf("after deleting the cursor event: %v, %v; want the remaining 2 events, last page", rest, err)
+	}
+	for _, e := range rest.GetEvents() {
+		if e.GetId() == first.GetEvents()[0].GetId() {
+			t.Fatalf("page 2 repeats %s", e.GetTitle())
+		}
+	}
+}
+
+func TestTimeTravelBoundsAndPast(t *testing.T) {
+	c := newClock(t0)
+	ts := startClockedServer(t, c, "-allow-time-travel")
+	admin := withKey(ts.admin)
+	if _, err := ts.events.CreateEvent(admin, createReq("yesterday", t0.Add(-26*time.Hour), t0.Add(-25*time.Hour), "")); err != nil {
+		t.Fatal(err)
+	}
+	// Asking about the past finds events that have ended since.
+	if _, l := ts.list(t, "?at="+t0.Add(-25*time.Hour-30*time.Minute).Format(time.RFC3339)); l.titles() != "yesterday" {
+		t.Fatalf("GET /events?at=yesterday = %q; want yesterday", l.titles())
+	}
+	// Instants outside 2000-2200 are refused, on both protocols: a recurrence asked about
+	// the year 9999 must not make the server step through millennia.
+	if code, _, body := ts.get(t, "/events?at=2400-01-01T00:00:00Z", ts.user); code != 400 || !strings.Contains(string(body), "at:") {
+		t.Fatalf("?at=2400: %d %s; want 400", code, body)
+	}
+	_, err := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{At: timestamppb.New(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("ListEvents(at=9999): %v; want INVALID_ARGUMENT", err)
+	}
+}
+
+func TestUpdateWithoutStateKeepsIt(t *testing.T) {
+	c := newClock(t0)
+	ts := startClockedServer(t, c)
+	admin := withKey(ts.admin)
+	r := createReq("secret", t0.Add(-time.Hour), t0.Add(time.Hour), "")
+	r.State = eventspb.EventState_EVENT_STATE_DRAFT
+	created, err := ts.events.CreateEvent(admin, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A full update (no mask) that does not mention the state.
+	upd, err := ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{Id: created.GetEvent().GetId(), Title: "still secret",
+		StartTime: r.StartTime, EndTime: r.EndTime})
+	if err != nil || upd.GetEvent().GetState() != eventspb.EventState_EVENT_STATE_DRAFT {
+		t.Fatalf("update without state: %v, %v; want it still a draft", upd.GetEvent().GetState(), err)
+	}
+	if _, l := ts.list(t, ""); len(l.Events) != 0 {
+		t.Fatalf("players see %q", l.titles())
 	}
 }

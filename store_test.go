@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -465,5 +466,45 @@ func TestPragmasReachEveryConnection(t *testing.T) {
 	}
 	for _, c := range conns {
 		c.Close()
+	}
+}
+
+func TestMigrationKeepsExistingEvents(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "old.db")
+	// A database as the version before scheduling left it: schema 3, one event.
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range migrations[:3] {
+		if _, err := db.ExecContext(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := newID()
+	if _, err := db.ExecContext(ctx, `PRAGMA user_version = 3;
+		INSERT INTO events (id, title, description, start_time, end_time, rewards, created_at, updated_at, version)
+		VALUES (?, 'old', 'from before', ?, ?, '{"a":1}', ?, ?, 4)`,
+		id, t0.UnixNano(), t0.Add(time.Hour).UnixNano(), t0.UnixNano(), t0.UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	st, err := openStore(ctx, path)
+	if err != nil {
+		t.Fatalf("migrating: %v", err)
+	}
+	defer st.Close()
+	e, err := st.Event(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Title != "old" || e.Description != "from before" || e.Rewards != `{"a":1}` || e.Version != 4 ||
+		e.State != statePublished || e.Priority != 0 || e.Labels != nil || e.Recurrence.repeats() || !e.Preview.IsZero() {
+		t.Fatalf("after migration: %+v; want the old fields kept and the new ones at their defaults", e)
+	}
+	if _, _, err := st.UpdateEvent(ctx, id, "v4", t0, false, "k", func(u *Event) error { u.Title = "new"; return nil }); err != nil {
+		t.Fatalf("writing a migrated event: %v", err)
 	}
 }
