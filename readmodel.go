@@ -126,8 +126,8 @@ func (e *entry) viewAt(t time.Time) view { return e.Event.viewAt(&e.sched, t) }
 type snapshot struct {
 	gen     int64
 	builtAt time.Time // open holds every event not ended at this instant
-	ordered []*entry // every event in list order: priority (highest first), start time, id
-	byID    []*entry // every event, ordered by id
+	ordered []*entry  // every event in list order: priority (highest first), start time, id
+	byID    []*entry  // every event, ordered by id
 	// open holds the published events that had not ended when the snapshot was made, ordered
 	// by when players may first see them: the only ones players can see now or later, so
 	// working out what they see costs nothing for ended events, however many there are.
