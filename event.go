@@ -64,11 +64,6 @@ func (e Event) fingerprint() []byte {
 	return h.Sum(nil)
 }
 
-// activeAt reports whether the event is live at t: the start is inclusive, the end exclusive.
-func (e Event) activeAt(t time.Time) bool {
-	return !t.Before(e.Start) && t.Before(e.End)
-}
-
 const (
 	maxTitleRunes       = 100
 	maxDescriptionRunes = 1000

@@ -301,10 +301,3 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 		Error errorBody `json:"error"`
 	}{errorBody{status, msg}})
 }
-
-// serverError logs err in full and tells the client only that something went wrong, so no
-// SQL or internal detail leaks.
-func serverError(w http.ResponseWriter, log *logger, err error) {
-	log.Error("internal error", "err", err)
-	writeError(w, http.StatusInternalServerError, "internal error")
-}
