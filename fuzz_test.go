@@ -88,6 +88,58 @@ func FuzzValidateEvent(f *testing.F) {
 	})
 }
 
+func FuzzSchedule(f *testing.F) {
+	f.Add(int64(1767225600), int64(7200), int64(86400), uint8(2), 1, 0, int64(0), "Europe/Paris", int64(1767312000))
+	f.Add(int64(1774746000), int64(3600), int64(0), uint8(4), 2, 5, int64(0), "America/New_York", int64(1800000000))
+	zones := []string{"UTC", "Europe/Paris", "America/New_York", "Antarctica/Troll", "Australia/Lord_Howe", "Asia/Kolkata"}
+	f.Fuzz(func(t *testing.T, start, length, lead int64, unit uint8, interval, count int, until int64, zone string, at int64) {
+		units := []string{"", unitHourly, unitDaily, unitWeekly, unitMonthly}
+		if len(zone) == 0 || int(zone[0])%2 == 0 {
+			zone = zones[int(unit)%len(zones)] // mostly real zones, sometimes the fuzzer's string
+		}
+		e := Event{Title: "t", Start: time.Unix(start, 0).UTC(), End: time.Unix(start+length, 0).UTC(),
+			Recurrence: Recurrence{Unit: units[int(unit)%len(units)], Interval: interval, Count: count, TimeZone: zone}}
+		if lead > 0 {
+			e.Preview = e.Start.Add(-time.Duration(lead%(1<<40)) * time.Second)
+		}
+		if until != 0 {
+			e.Recurrence.Until = time.Unix(until, 0).UTC()
+		}
+		if e.validate() != nil {
+			return
+		}
+		s := newSchedule(&e)
+		t0 := time.Unix(at, 0).UTC()
+		if t0.Before(minEventTime) || !t0.Before(maxEventTime) {
+			return // the APIs refuse such instants
+		}
+		v := e.viewAt(&s, t0)
+		// The occurrence shown exists, lasts as long as the event, and the answer holds
+		// for a while: until is after the instant asked about.
+		if v.occurrence < 0 || !s.exists(v.occurrence) || !v.end.Equal(v.start.Add(e.End.Sub(e.Start))) || !v.until.After(t0) {
+			t.Fatalf("viewAt(%v) = %+v for %+v", t0, v, e.Recurrence)
+		}
+		switch v.status {
+		case statusActive:
+			if t0.Before(v.start) || !t0.Before(v.end) {
+				t.Fatalf("active at %v, but the occurrence is %v-%v", t0, v.start, v.end)
+			}
+		case statusUpcoming:
+			if !t0.Before(v.start) {
+				t.Fatalf("upcoming at %v, but the occurrence started %v", t0, v.start)
+			}
+		case statusEnded:
+			if t0.Before(v.end) || !v.nextStart.IsZero() {
+				t.Fatalf("ended at %v, but the occurrence ends %v (next %v)", t0, v.end, v.nextStart)
+			}
+		}
+		// Occurrences never overlap.
+		if s.exists(v.occurrence+1) && s.startOf(v.occurrence+1).Before(v.end) {
+			t.Fatalf("occurrence %d starts %v, before occurrence %d ends %v", v.occurrence+1, s.startOf(v.occurrence+1), v.occurrence, v.end)
+		}
+	})
+}
+
 func FuzzNormalizeRewards(f *testing.F) {
 	f.Add(`{"gems": 50, "items": [{"id": "hat", "qty": 1}]}`)
 	f.Fuzz(func(t *testing.T, s string) {
