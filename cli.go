@@ -18,15 +18,11 @@ const backupUsage = `usage: liveops backup [-db FILE] OUT.db
 // runBackup writes a consistent copy of the database to a new file while a server may be
 // running against it.
 func runBackup(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("liveops backup", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, backupUsage); fs.PrintDefaults() }
-	var db string
-	dbFlag(fs, &db, getenv)
+	fs, db := commandFlags("liveops backup", backupUsage, getenv, stderr)
 	if err := parseInterspersed(fs, args, 1); err != nil {
 		return err
 	}
-	st, err := openExistingStore(ctx, db)
+	st, err := openExistingStore(ctx, *db)
 	if err != nil {
 		return err
 	}
@@ -34,20 +30,17 @@ func runBackup(ctx context.Context, args []string, getenv func(string) string, s
 	if err := st.Backup(ctx, fs.Arg(0)); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "backed up %s to %s\n", db, fs.Arg(0))
+	fmt.Fprintf(stderr, "backed up %s to %s\n", *db, fs.Arg(0))
 	return nil
 }
 
 // runExport writes every event's definition to stdout as stable JSON sorted by id.
 func runExport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("liveops export", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var db string
-	dbFlag(fs, &db, getenv)
+	fs, db := commandFlags("liveops export", "usage: liveops export [-db FILE] > EVENTS.json\n", getenv, stderr)
 	if err := parseInterspersed(fs, args, 0); err != nil {
 		return err
 	}
-	st, err := openExistingStore(ctx, db)
+	st, err := openExistingStore(ctx, *db)
 	if err != nil {
 		return err
 	}
@@ -62,14 +55,7 @@ func runExport(ctx context.Context, args []string, getenv func(string) string, s
 
 // runImport creates or updates events from an export file, all or nothing.
 func runImport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("liveops import", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: liveops import [-db FILE] [-dry-run] EVENTS.json\n")
-		fs.PrintDefaults()
-	}
-	var db string
-	dbFlag(fs, &db, getenv)
+	fs, db := commandFlags("liveops import", "usage: liveops import [-db FILE] [-dry-run] EVENTS.json\n", getenv, stderr)
 	dryRun := fs.Bool("dry-run", false, "print what would change, field by field, and change nothing")
 	if err := parseInterspersed(fs, args, 1); err != nil {
 		return err
@@ -85,7 +71,7 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 		}
 		return fmt.Errorf("import: %d problem(s) in %s; nothing was imported", len(problems), fs.Arg(0))
 	}
-	st, err := openStore(ctx, db)
+	st, err := openStore(ctx, *db)
 	if err != nil {
 		return err
 	}
@@ -125,11 +111,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		return errors.New("keys: missing subcommand")
 	}
 	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("liveops keys "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, keysUsage); fs.PrintDefaults() }
-	var db string
-	dbFlag(fs, &db, getenv)
+	fs, db := commandFlags("liveops keys "+cmd, keysUsage, getenv, stderr)
 
 	switch cmd {
 	case "create":
@@ -145,7 +127,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		if _, ok := roleTags[role(*r)]; !ok {
 			return fmt.Errorf("keys create: -role must be http_user or grpc_admin, got %q", *r)
 		}
-		st, err := openStore(ctx, db)
+		st, err := openStore(ctx, *db)
 		if err != nil {
 			return err
 		}
@@ -162,7 +144,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		if err := parseInterspersed(fs, args, 0); err != nil {
 			return err
 		}
-		st, err := openExistingStore(ctx, db)
+		st, err := openExistingStore(ctx, *db)
 		if err != nil {
 			return err
 		}
@@ -184,7 +166,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 			return err
 		}
 		id := fs.Arg(0)
-		st, err := openExistingStore(ctx, db)
+		st, err := openExistingStore(ctx, *db)
 		if err != nil {
 			return err
 		}
@@ -199,6 +181,17 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	fmt.Fprint(stderr, keysUsage)
 	return fmt.Errorf("keys: unknown subcommand %q", cmd)
+}
+
+// commandFlags returns the flag set of a subcommand, with its usage text and the -db flag
+// every subcommand shares.
+func commandFlags(name, usage string, getenv func(string) string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	db := new(string)
+	dbFlag(fs, db, getenv)
+	return fs, db
 }
 
 // openExistingStore opens a database that must already exist, so that a mistyped -db
