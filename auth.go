@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -511,11 +512,29 @@ func newFailureLimiter(limit int, window, block time.Duration, now func() time.T
 	return &failureLimiter{limit: limit, window: window, block: block, now: now, clients: map[string]*failures{}}
 }
 
+// clientKey is what the limiter counts failures against: an IPv4 address, or the /64 an
+// IPv6 address is in, since one IPv6 host usually holds a whole /64 to rotate through.
+func clientKey(addr string) string {
+	if !strings.Contains(addr, ":") {
+		return addr // IPv4: as it is, without allocating
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || ip.Is4In6() {
+		return addr
+	}
+	p, err := ip.Prefix(64)
+	if err != nil {
+		return addr
+	}
+	return p.String()
+}
+
 // blockedFor returns how much longer addr is refused, or 0.
 func (l *failureLimiter) blockedFor(addr string) time.Duration {
 	if l.tracked.Load() == 0 {
 		return 0
 	}
+	addr = clientKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -532,14 +551,15 @@ func (l *failureLimiter) blockedFor(addr string) time.Duration {
 
 // fail records a failed authentication from addr.
 func (l *failureLimiter) fail(addr string) {
+	addr = clientKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
 	l.sweepEveryWindow(now)
 	f, ok := l.clients[addr]
 	if !ok {
-		if len(l.clients) >= maxTrackedAddrs {
-			l.sweep(now, true)
+		if len(l.clients) >= maxTrackedAddrs && !l.evictSome(now) {
+			return // every tracked address is blocked: stay within the memory bound
 		}
 		f = &failures{windowStart: now}
 		l.clients[addr] = f
@@ -558,25 +578,34 @@ func (l *failureLimiter) fail(addr string) {
 // locking) soon after failures stop. l.mu must be held.
 func (l *failureLimiter) sweepEveryWindow(now time.Time) {
 	if now.Sub(l.lastSweep) >= l.window {
-		l.sweep(now, false)
+		l.sweep(now)
 	}
 }
 
-// sweep forgets addresses whose window and block are over; if the table is still full and
-// full is set, it forgets every address that is not blocked. l.mu must be held.
-func (l *failureLimiter) sweep(now time.Time, full bool) {
+// sweep forgets addresses whose window and block are over. l.mu must be held.
+func (l *failureLimiter) sweep(now time.Time) {
 	l.lastSweep = now
 	for addr, f := range l.clients {
 		if now.Sub(f.windowStart) >= l.window && !now.Before(f.blockedUntil) {
 			delete(l.clients, addr)
 		}
 	}
-	if full && len(l.clients) >= maxTrackedAddrs {
-		for addr, f := range l.clients {
-			if !now.Before(f.blockedUntil) {
-				delete(l.clients, addr)
+	l.tracked.Store(int64(len(l.clients)))
+}
+
+// evictSome makes room in a full table by forgetting up to 256 addresses that are not
+// blocked (map order makes the choice arbitrary), so that a flood of new addresses costs a
+// bounded amount of work each. It reports whether it freed any. l.mu must be held.
+func (l *failureLimiter) evictSome(now time.Time) bool {
+	freed := 0
+	for addr, f := range l.clients {
+		if !now.Before(f.blockedUntil) {
+			delete(l.clients, addr)
+			if freed++; freed == 256 {
+				break
 			}
 		}
 	}
 	l.tracked.Store(int64(len(l.clients)))
+	return freed > 0
 }

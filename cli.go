@@ -195,12 +195,14 @@ func commandFlags(name, usage string, getenv func(string) string, stderr io.Writ
 }
 
 // openExistingStore opens a database that must already exist, so that a mistyped -db
-// is an error rather than a new, empty database.
+// is an error rather than a new, empty database, and whose schema must be this binary's:
+// these commands never migrate, so running a newer binary's `export` against production
+// cannot stop the server from starting.
 func openExistingStore(ctx context.Context, path string) (*store, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("database %s: %w", path, err)
 	}
-	return openStore(ctx, path)
+	return openStoreAs(ctx, path, false)
 }
 
 // parseInterspersed parses flags that may come before or after the positional arguments,

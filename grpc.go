@@ -337,7 +337,10 @@ func (s *eventServer) ListAuditLog(ctx context.Context, req *eventspb.ListAuditL
 	}
 	var since time.Time
 	if req.Since != nil {
-		if since, err = fromTimestamp("since", req.GetSince()); err != nil {
+		if since, err = fromTimestamp("since", req.GetSince()); err == nil {
+			err = checkTime("since", since)
+		}
+		if err != nil {
 			return nil, s.grpcError(err)
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -328,5 +329,58 @@ func TestImportRefusesTrailingData(t *testing.T) {
 	_, problems := parseImport([]byte(`{"events": []} {"events": []}`))
 	if len(problems) != 1 || !strings.Contains(problems[0].Reason, "more than one") {
 		t.Fatalf("problems = %v; want one saying there is more than one JSON value", problems)
+	}
+}
+
+func TestImportIsAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	st := newTestStore(t)
+	ok := Event{ID: newID(), Title: "fine", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}
+	// The second event gets past validation here (called directly) but breaks the
+	// database's CHECK (end_time > start_time) half-way through the transaction.
+	broken := Event{ID: newID(), Title: "broken", Start: t0, End: t0, Rewards: "{}", State: statePublished}
+	if _, _, err := st.Import(ctx, []Event{ok, broken}, t0, false); err == nil {
+		t.Fatal("import with a broken event succeeded")
+	}
+	if events, _, _ := st.Events(ctx); len(events) != 0 {
+		t.Fatalf("%d events after a failed import; want none", len(events))
+	}
+	if revs, _ := st.AuditLog(ctx, time.Time{}, "", nil, 10); len(revs) != 0 {
+		t.Fatalf("%d revisions after a failed import; want none", len(revs))
+	}
+}
+
+func TestReadOnlyCommandsDoNotMigrate(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "old.db")
+	st, err := openStore(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.db.ExecContext(ctx, "PRAGMA user_version = 3")
+	st.Close()
+	for _, args := range [][]string{{"export", "-db", path}, {"keys", "list", "-db", path}} {
+		if _, _, err := cli(t, args...); err == nil || !strings.Contains(err.Error(), "schema version 3") {
+			t.Errorf("%v on an older schema: %v; want a refusal naming the version", args, err)
+		}
+	}
+	st, _ = openStoreAs(ctx, path, false)
+	if st != nil {
+		st.Close()
+	}
+	var version int
+	db, _ := sql.Open("sqlite", "file:"+path)
+	defer db.Close()
+	db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version)
+	if version != 3 {
+		t.Fatalf("user_version = %d after read-only commands; want 3", version)
+	}
+}
+
+func TestAuditLogRefusesFarSince(t *testing.T) {
+	ts := startClockedServer(t, newClock(t0))
+	_, err := ts.events.ListAuditLog(withKey(ts.admin), &eventspb.ListAuditLogRequest{Since: timestampOf(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("since 9999: %v; want INVALID_ARGUMENT", err)
 	}
 }

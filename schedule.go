@@ -48,7 +48,8 @@ func (r *Recurrence) validate(d time.Duration, start time.Time) error {
 	if r.TimeZone == "" {
 		r.TimeZone = "UTC"
 	}
-	if _, err := loadLocation(r.TimeZone); err != nil {
+	// "Local" loads too, but means whatever zone the host computing it is in.
+	if loc, err := loadLocation(r.TimeZone); err != nil || r.TimeZone == "Local" || loc.String() != r.TimeZone {
 		return &fieldError{"recurrence.time_zone", fmt.Sprintf("unknown time zone %q; want an IANA name such as Europe/Paris", r.TimeZone)}
 	}
 	if r.Count < 0 {

@@ -199,6 +199,7 @@ func TestRecurrenceValidation(t *testing.T) {
 		{"valid daily", 2 * time.Hour, Recurrence{Interval: 1, Unit: unitDaily, TimeZone: "Europe/Paris"}, ""},
 		{"time zone defaults to UTC", 2 * time.Hour, Recurrence{Interval: 1, Unit: unitWeekly}, ""},
 		{"unknown time zone", time.Hour, Recurrence{Interval: 1, Unit: unitDaily, TimeZone: "Mars/Olympus_Mons"}, "recurrence.time_zone"},
+		{"the host's zone", time.Hour, Recurrence{Interval: 1, Unit: unitDaily, TimeZone: "Local"}, "recurrence.time_zone"},
 		{"unknown unit", time.Hour, Recurrence{Interval: 1, Unit: "YEARLY"}, "recurrence.unit"},
 		{"interval 0", time.Hour, Recurrence{Interval: 0, Unit: unitDaily}, "recurrence.interval"},
 		{"daily lasting a day overlaps", 24 * time.Hour, Recurrence{Interval: 1, Unit: unitDaily}, "recurrence"},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -96,11 +97,51 @@ func TestFailureLimiter(t *testing.T) {
 		t.Fatalf("2 failures a minute led to a block (%v)", d)
 	}
 
+	// IPv6 addresses count per /64: a host rotating through its prefix gains nothing.
+	l.fail("2001:db8:1:2::1")
+	l.fail("2001:db8:1:2::2")
+	l.fail("2001:db8:1:2:ffff::3")
+	l.fail("2001:db8:1:2::4")
+	if d := l.blockedFor("2001:db8:1:2::99"); d == 0 {
+		t.Fatal("four failures from one /64 did not block it")
+	}
+	if d := l.blockedFor("2001:db8:1:3::1"); d != 0 {
+		t.Fatal("a neighbouring /64 is blocked too")
+	}
+
 	// Once failures stop, the table empties and the fast path is back.
 	clock = clock.Add(10 * time.Minute)
 	l.blockedFor("10.0.0.9")
 	if n := l.tracked.Load(); n != 0 {
 		t.Fatalf("%d addresses still tracked long after their failures", n)
+	}
+}
+
+func TestFailureLimiterStaysBounded(t *testing.T) {
+	clock := t0
+	l := newFailureLimiter(0, time.Minute, time.Hour, func() time.Time { return clock })
+	for i := range maxTrackedAddrs {
+		l.fail(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255)) // limit 0: each one blocked
+	}
+	// The table is full of blocked addresses: a new one is not tracked, and costs little.
+	start := time.Now()
+	for i := range 50 {
+		l.fail(fmt.Sprintf("192.168.0.%d", i))
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("50 failures into a full table took %v", d)
+	}
+	if n := l.tracked.Load(); n > maxTrackedAddrs {
+		t.Fatalf("%d addresses tracked; the bound is %d", n, maxTrackedAddrs)
+	}
+	// Once blocks run out, new addresses evict old ones.
+	clock = clock.Add(2 * time.Hour)
+	l.mu.Lock()
+	l.lastSweep = clock // keep the periodic sweep out of this part
+	l.mu.Unlock()
+	l.fail("172.16.0.1")
+	if d := l.blockedFor("172.16.0.1"); d == 0 {
+		t.Fatal("a new address in a full table of expired blocks was not tracked")
 	}
 }
 

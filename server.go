@@ -278,6 +278,14 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 	if err != nil {
 		log.Error("watch database", "err", err)
 	}
+	// The keys and events were loaded before this first reading; a change committed in
+	// between (a revoke during start-up, say) would otherwise wait for an unrelated one.
+	if err := kr.reload(ctx); err != nil {
+		log.Error("reload keys", "err", err)
+	}
+	if err := rm.refresh(ctx); err != nil {
+		log.Error("reload events", "err", err)
+	}
 
 	pollTick := time.NewTicker(poll)
 	defer pollTick.Stop()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -284,7 +285,8 @@ func TestEndToEndStory(t *testing.T) {
 }
 
 func TestRoleMatrix(t *testing.T) {
-	ts := startServer(t)
+	// Many refused keys from one address: keep the failure limit out of the way.
+	ts := startServer(t, "-auth-fail-limit", "1000")
 	st, err := openStore(context.Background(), ts.db)
 	if err != nil {
 		t.Fatal(err)
@@ -435,6 +437,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func TestChangesDuringStartupAreNoticed(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "liveops.db")
+	st, err := openStore(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	secret, _ := createTestKey(t, st, roleHTTPUser)
+	cfg, _ := parseConfig(nil, func(string) string { return "" }, io.Discard)
+	log := newLogger("text", io.Discard)
+	svc, err := newService(ctx, st, cfg, time.Now, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Between loading and the watcher's first look, another process revokes the key.
+	keys, _ := st.Keys(ctx)
+	other, _ := openStore(ctx, path)
+	defer other.Close()
+	if err := other.RevokeKey(ctx, keys[0].ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); watchDatabase(wctx, st, svc.keys, svc.events, log, time.Hour, time.Hour) }()
+	defer func() { stop(); <-done }()
+	// With an hour between polls, only the watcher's start can catch the revoke.
+	waitFor(t, func() bool { _, err := svc.keys.authenticate(ctx, secret); return errors.Is(err, errRevokedKey) })
 }
 
 func TestRevokeFromAnotherProcessTakesEffect(t *testing.T) {

@@ -35,6 +35,12 @@ type store struct {
 // current schema. Extra pragmas, such as "busy_timeout(200)", run on every connection
 // after the defaults and so override them.
 func openStore(ctx context.Context, path string, pragmas ...string) (*store, error) {
+	return openStoreAs(ctx, path, true, pragmas...)
+}
+
+// openStoreAs opens the database, migrating it when migrate is set and otherwise refusing
+// a schema other than this binary's.
+func openStoreAs(ctx context.Context, path string, migrate bool, pragmas ...string) (*store, error) {
 	if err := checkDatabaseDir(path); err != nil {
 		return nil, err
 	}
@@ -62,7 +68,15 @@ func openStore(ctx context.Context, path string, pragmas ...string) (*store, err
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	st := &store{db: db}
-	if err := st.migrate(ctx); err != nil {
+	if migrate {
+		err = st.migrate(ctx)
+	} else {
+		var version int
+		if err = db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err == nil && version != len(migrations) {
+			err = fmt.Errorf("schema version %d, but this binary uses %d: start the matching server once to migrate it", version, len(migrations))
+		}
+	}
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
