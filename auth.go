@@ -594,16 +594,18 @@ func (l *failureLimiter) sweep(now time.Time) {
 }
 
 // evictSome makes room in a full table by forgetting up to 256 addresses that are not
-// blocked (map order makes the choice arbitrary), so that a flood of new addresses costs a
-// bounded amount of work each. It reports whether it freed any. l.mu must be held.
+// blocked, looking at no more than 1024 (map order makes the choice arbitrary), so that a
+// flood of new addresses costs a bounded amount of work each. It reports whether it freed
+// any. l.mu must be held.
 func (l *failureLimiter) evictSome(now time.Time) bool {
-	freed := 0
+	freed, looked := 0, 0
 	for addr, f := range l.clients {
 		if !now.Before(f.blockedUntil) {
 			delete(l.clients, addr)
-			if freed++; freed == 256 {
-				break
-			}
+			freed++
+		}
+		if looked++; freed == 256 || looked == 1024 {
+			break
 		}
 	}
 	l.tracked.Store(int64(len(l.clients)))

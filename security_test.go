@@ -123,13 +123,9 @@ func TestFailureLimiterStaysBounded(t *testing.T) {
 	for i := range maxTrackedAddrs {
 		l.fail(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255)) // limit 0: each one blocked
 	}
-	// The table is full of blocked addresses: a new one is not tracked, and costs little.
-	start := time.Now()
+	// The table is full of blocked addresses: a new one is not tracked.
 	for i := range 50 {
 		l.fail(fmt.Sprintf("192.168.0.%d", i))
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("50 failures into a full table took %v", d)
 	}
 	if n := l.tracked.Load(); n > maxTrackedAddrs {
 		t.Fatalf("%d addresses tracked; the bound is %d", n, maxTrackedAddrs)
