@@ -71,14 +71,22 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 		}
 		return fmt.Errorf("import: %d problem(s) in %s; nothing was imported", len(problems), fs.Arg(0))
 	}
-	st, err := openStore(ctx, *db)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	changes, _, err := st.Import(ctx, events, time.Now().UTC(), *dryRun)
-	if err != nil {
-		return err
+	var changes []importChange
+	if _, err := os.Stat(*db); err != nil && *dryRun {
+		// A dry run against a database that does not exist yet creates everything, and
+		// must not leave an empty database behind.
+		for _, e := range events {
+			changes = append(changes, importChange{ID: e.ID, Action: "create"})
+		}
+	} else {
+		st, err := openStore(ctx, *db)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		if changes, _, err = st.Import(ctx, events, time.Now().UTC(), *dryRun); err != nil {
+			return err
+		}
 	}
 	counts := map[string]int{}
 	for _, c := range changes {

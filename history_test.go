@@ -284,6 +284,13 @@ func TestImportDryRunAndValidation(t *testing.T) {
 	if after, _, _ := cli(t, "export", "-db", db); after != exported {
 		t.Fatal("a dry run changed the database")
 	}
+	fresh := filepath.Join(dir, "not-yet.db")
+	if out, _, err := cli(t, "import", "-db", fresh, "-dry-run", file); err != nil || !strings.Contains(out, "2 created") {
+		t.Fatalf("dry run against a new database: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(fresh); err == nil {
+		t.Fatal("a dry run created the database file")
+	}
 
 	// A file with bad events imports nothing and names every problem.
 	good, noTitle, badLabel := newID(), newID(), newID()
