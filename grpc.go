@@ -225,13 +225,11 @@ func (s *eventServer) ListEvents(ctx context.Context, req *eventspb.ListEventsRe
 
 // adminQueryFrom checks a ListEvents request.
 func adminQueryFrom(req *eventspb.ListEventsRequest) (adminQuery, error) {
-	q := adminQuery{pageSize: int(req.GetPageSize())}
-	switch {
-	case q.pageSize == 0:
-		q.pageSize = defaultPageSize
-	case q.pageSize < 0 || q.pageSize > maxPageSize:
-		return q, &fieldError{"page_size", fmt.Sprintf("must be between 1 and %d (0 means %d), got %d", maxPageSize, defaultPageSize, q.pageSize)}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return adminQuery{}, err
 	}
+	q := adminQuery{pageSize: size}
 	for _, st := range req.GetStatus() {
 		switch st {
 		case eventspb.EventStatus_EVENT_STATUS_ACTIVE:
@@ -516,6 +514,14 @@ func fromTimestamp(field string, ts *timestamppb.Timestamp) (time.Time, error) {
 	return ts.AsTime(), nil
 }
 
+// statusToProto maps statuses to the API's enum; the zero view (a revision's event) maps to
+// UNSPECIFIED.
+var statusToProto = map[eventStatus]eventspb.EventStatus{
+	statusUpcoming: eventspb.EventStatus_EVENT_STATUS_UPCOMING,
+	statusActive:   eventspb.EventStatus_EVENT_STATUS_ACTIVE,
+	statusEnded:    eventspb.EventStatus_EVENT_STATUS_ENDED,
+}
+
 // toProto converts e for an admin, with its status and next start as in v.
 func toProto(e Event, v view) *eventspb.Event {
 	p := &eventspb.Event{
@@ -527,7 +533,7 @@ func toProto(e Event, v view) *eventspb.Event {
 		Priority: e.Priority,
 		Labels:   e.Labels,
 		State:    eventspb.EventState_EVENT_STATE_PUBLISHED,
-		Status:   map[eventStatus]eventspb.EventStatus{statusUpcoming: eventspb.EventStatus_EVENT_STATUS_UPCOMING, statusActive: eventspb.EventStatus_EVENT_STATUS_ACTIVE, statusEnded: eventspb.EventStatus_EVENT_STATUS_ENDED}[v.status],
+		Status:   statusToProto[v.status],
 	}
 	if e.State == stateDraft {
 		p.State = eventspb.EventState_EVENT_STATE_DRAFT

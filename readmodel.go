@@ -261,10 +261,15 @@ func (q playerQuery) matches(labels []string, v view) bool {
 	if !v.listed || !want.has(v.status) {
 		return false
 	}
-	if len(q.labels) == 0 {
+	return hasAnyLabel(labels, q.labels)
+}
+
+// hasAnyLabel reports whether labels holds any of want; an empty want matches anything.
+func hasAnyLabel(labels, want []string) bool {
+	if len(want) == 0 {
 		return true
 	}
-	for _, l := range q.labels {
+	for _, l := range want {
 		if slices.Contains(labels, l) {
 			return true
 		}
@@ -479,14 +484,11 @@ type pageKey struct {
 	Filter   string `json:"f"`
 }
 
-func (k *pageKey) token() string {
-	return base64.RawURLEncoding.EncodeToString(mustJSON(k))
-}
+func (k *pageKey) token() string { return encodeToken(k) }
 
 func parsePageToken(s string) (*pageKey, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
 	var k pageKey
-	if err != nil || json.Unmarshal(b, &k) != nil || !validID(k.ID) {
+	if err := decodeToken(s, &k); err != nil || !validID(k.ID) {
 		return nil, &fieldError{"page_token", "is not a token this server issued"}
 	}
 	return &k, nil
@@ -499,15 +501,7 @@ func (q adminQuery) matches(e *entry, v view) bool {
 	if q.state != "" && e.State != q.state {
 		return false
 	}
-	if len(q.labels) == 0 {
-		return true
-	}
-	for _, l := range q.labels {
-		if slices.Contains(e.Labels, l) {
-			return true
-		}
-	}
-	return false
+	return hasAnyLabel(e.Labels, q.labels)
 }
 
 // adminPage returns one page of ListEvents as of t, the key to resume after it (nil on the

@@ -11,9 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -59,12 +57,7 @@ func startClockedServer(t *testing.T, c *clock, args ...string) *testServer {
 	})
 
 	ts := &testServer{addr: ln.Addr().String(), db: db, user: user, admin: admin, logs: logs, stop: func() error { return srv.Close() }}
-	ts.conn, err = grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ts.conn.Close() })
-	ts.events = eventspb.NewEventServiceClient(ts.conn)
+	ts.dial(t)
 	return ts
 }
 

@@ -355,12 +355,18 @@ func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, allowTimeTra
 	mux := http.NewServeMux()
 	addRoutes(mux, st, rm, g, allowTimeTravel, log)
 	httpHandler := logRequests(log, securityHeaders(mux))
+	grpcOverHTTP1 := logRequests(log, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS")
+	})))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
+		switch {
+		case !isGRPC(r.Header.Get("Content-Type")):
+			httpHandler.ServeHTTP(w, r)
+		case r.ProtoMajor == 2:
 			gs.ServeHTTP(w, r)
-			return
+		default:
+			grpcOverHTTP1.ServeHTTP(w, r)
 		}
-		httpHandler.ServeHTTP(w, r) // gRPC over HTTP/1.1 gets a JSON 400 there
 	})
 }
 
@@ -418,8 +424,7 @@ var (
 	hdrNoStore = []string{"no-store"}
 )
 
-// securityHeaders sets the headers every HTTP response carries, and refuses gRPC over
-// HTTP/1.1 with a JSON error rather than letting it reach a route.
+// securityHeaders sets the headers every HTTP response carries.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -427,10 +432,6 @@ func securityHeaders(next http.Handler) http.Handler {
 		// Responses depend on the caller's key; no shared cache may keep one unless a
 		// handler says otherwise.
 		h["Cache-Control"] = hdrNoStore
-		if isGRPC(r.Header.Get("Content-Type")) {
-			writeError(w, http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS")
-			return
-		}
 		next.ServeHTTP(w, r)
 	})
 }

@@ -126,14 +126,19 @@ func startServerOn(t testing.TB, db, user, admin string, extraArgs ...string) *t
 	case err := <-done:
 		t.Fatalf("run returned before listening: %v\n%s", err, logs)
 	}
-	var err error
-	ts.conn, err = grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ts.dial(t)
+	return ts
+}
+
+// dial connects the test server's gRPC client.
+func (ts *testServer) dial(t testing.TB) {
+	t.Helper()
+	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ts.conn.Close() })
-	ts.events = eventspb.NewEventServiceClient(ts.conn)
-	return ts
+	t.Cleanup(func() { conn.Close() })
+	ts.conn, ts.events = conn, eventspb.NewEventServiceClient(conn)
 }
 
 // withKey returns a context that sends key as gRPC authorization metadata.
