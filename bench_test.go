@@ -7,45 +7,45 @@ package main
 // They are measurements, not pass/fail tests: the numbers go in the README.
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"database/sql"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
+
 	"liveops/eventspb"
 )
 
-// seedEvents inserts n events running from start to end in one transaction, far faster
-// than n separate creates, and bumps the generation once.
+// seedEvents stores n events running from start to end in one transaction, far faster
+// than n separate creates.
 func seedEvents(tb testing.TB, st *store, n int, title string, start, end time.Time) {
 	tb.Helper()
-	ctx := context.Background()
-	tx, err := st.db.BeginTx(ctx, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer stmt.Close()
+	ctx := withActor(context.Background(), "seed")
 	rewards := `{"items":[{"id":"gem","qty":50},{"id":"chest","qty":1}]}`
-	for i := range n {
-		e := Event{ID: newID(), Title: fmt.Sprintf("%s %d", title, i),
-			Description: "Bench event with a description of typical length for a game client card.",
-			Start:       start, End: end, Rewards: rewards, State: statePublished, CreatedAt: t0, UpdatedAt: t0, Version: 1}
-		if _, err := stmt.ExecContext(ctx, eventValues(e)...); err != nil {
-			tb.Fatal(err)
+	err := st.inTx(ctx, "seed", func(tx *sql.Tx) error {
+		for i := range n {
+			e := Event{ID: newID(), Title: fmt.Sprintf("%s %d", title, i),
+				Description: "Bench event with a description of typical length for a game client card.",
+				Start:       start, End: end, Rewards: rewards, State: statePublished, CreatedAt: t0, UpdatedAt: t0, Version: 1}
+			if err := putEvent(ctx, tx, e, 0); err != nil {
+				return err
+			}
+			if _, err := recordWrite(ctx, tx, "create", t0, e); err != nil {
+				return err
+			}
 		}
-	}
-	if _, err := bumpGeneration(ctx, tx); err != nil {
-		tb.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
+		return nil
+	})
+	if err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -61,13 +61,10 @@ func (d *discardResponse) Header() http.Header         { return d.header }
 func (d *discardResponse) Write(p []byte) (int, error) { return len(p), nil }
 func (d *discardResponse) WriteHeader(code int)        { d.status = code }
 
-// readBench is a read model with 20 active events among ended ones, and what a GET /events
-// request runs through: the role check, then the handler.
+// readBench is a service with 20 active events among ended ones, and a GET /events request.
 type readBench struct {
-	rm      *readModel
-	handler http.Handler // requireRole + handleEvents, as the route is registered
-	full    http.Handler // the whole root handler: switch, logging, headers, route
-	req     *http.Request
+	svc *service
+	req *http.Request
 }
 
 func newReadBench(b *testing.B, ended int) *readBench {
@@ -75,33 +72,30 @@ func newReadBench(b *testing.B, ended int) *readBench {
 	now := time.Now()
 	seedEvents(b, st, ended, "Ended event", now.Add(-90*24*time.Hour), now.Add(-89*24*time.Hour))
 	seedEvents(b, st, 20, "Active event", now.Add(-time.Hour), now.Add(24*time.Hour))
-	log := newLogger("text", io.Discard)
-	rm, err := newReadModel(context.Background(), st, time.Now, log)
+	key, _ := createTestKey(b, st, roleHTTPUser)
+	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
 	if err != nil {
 		b.Fatal(err)
 	}
-	kr, _ := newKeyring(context.Background(), st, time.Now)
-	key, _ := createTestKey(b, st, roleHTTPUser)
-	g := &guard{keys: kr, limiter: newFailureLimiter(30, time.Minute, time.Minute, time.Now)}
-	gs, _ := newGRPCServer(st, rm, g, 1<<20, time.Now, log)
+	svc, err := newService(context.Background(), cfg, st, time.Now, newLogger("text", io.Discard))
+	if err != nil {
+		b.Fatal(err)
+	}
 	req := httptest.NewRequest("GET", "/events", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
-	return &readBench{
-		rm:      rm,
-		handler: g.requireRole(roleHTTPUser, handleEvents(rm, false)),
-		full:    newServer(st, rm, g, gs, false, log),
-		req:     req,
-	}
+	return &readBench{svc: svc, req: req}
 }
 
-func (rb *readBench) serve(b *testing.B, h http.Handler) {
+// serve measures the whole handler: the protocol switch, access log, headers, key check
+// and the answer.
+func (rb *readBench) serve(b *testing.B) {
 	w := &discardResponse{header: http.Header{}}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		clear(w.header)
 		w.status = 0
-		h.ServeHTTP(w, rb.req)
+		rb.svc.handler.ServeHTTP(w, rb.req)
 	}
 	if w.status != 0 && w.status != 200 {
 		b.Fatalf("status %d", w.status)
@@ -110,31 +104,81 @@ func (rb *readBench) serve(b *testing.B, h http.Handler) {
 
 func BenchmarkGetEvents(b *testing.B) {
 	b.Run("cached", func(b *testing.B) {
-		rb := newReadBench(b, 0)
-		rb.serve(b, rb.handler)
-	})
-	b.Run("cached/full-stack", func(b *testing.B) {
-		rb := newReadBench(b, 0)
-		rb.serve(b, rb.full)
+		newReadBench(b, 0).serve(b)
 	})
 	b.Run("after-invalidation", func(b *testing.B) {
-		// Every request finds the cache invalid, as the first request after a write or a
-		// boundary does, and re-encodes the answer.
+		// Every request finds the answer invalid, as the first request after a write or a
+		// boundary does, and re-encodes it: the read model moves to a new generation
+		// before each request.
 		rb := newReadBench(b, 5000)
-		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			rb.rm.active.Store(nil)
-			rb.handler.ServeHTTP(w, r)
-		})
-		rb.serve(b, h)
+		w := &discardResponse{header: http.Header{}}
+		b.ReportAllocs()
+		for b.Loop() {
+			rb.svc.events.mu.Lock()
+			snap := rb.svc.events.snapshot()
+			next := *snap
+			next.gen++
+			rb.svc.events.snap.Store(&next)
+			rb.svc.events.mu.Unlock()
+			clear(w.header)
+			rb.svc.handler.ServeHTTP(w, rb.req)
+		}
 	})
 	// The same 20 active events, among more and more ended ones: the time per request must
 	// not grow with history.
 	for _, ended := range []int{0, 1000, 100_000} {
 		b.Run(fmt.Sprintf("history/ended=%d", ended), func(b *testing.B) {
-			rb := newReadBench(b, ended)
-			rb.serve(b, rb.handler)
+			newReadBench(b, ended).serve(b)
 		})
 	}
+}
+
+// BenchmarkAccessLog compares the access log's own formatter with slog writing the same
+// fields, as a line per request costs either way.
+func BenchmarkAccessLog(b *testing.B) {
+	e := &accessEntry{end: time.Now(), took: 150 * time.Microsecond, proto: "HTTP/1.1", method: "GET",
+		path: "/events", status: 200, accessNote: accessNote{keyID: "0123456789ab", keyName: "game-client"}}
+	for _, format := range []string{"text", "json"} {
+		b.Run("formatter/"+format, func(b *testing.B) {
+			l := newLogger(format, io.Discard)
+			b.ReportAllocs()
+			for b.Loop() {
+				l.access(e)
+			}
+		})
+		b.Run("slog/"+format, func(b *testing.B) {
+			l := newLogger(format, io.Discard)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				l.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("proto", e.proto), slog.String("method", e.method),
+					slog.String("path", redactKeys(e.path)), slog.Int("status", e.status),
+					slog.Float64("duration_ms", float64(e.took.Microseconds())/1000),
+					slog.String("key_id", e.keyID), slog.String("key_name", e.keyName))
+			}
+		})
+	}
+}
+
+// BenchmarkGzipAnswer compares a pooled gzip.Writer with a new one per answer: an answer
+// is compressed once per variant and second.
+func BenchmarkGzipAnswer(b *testing.B) {
+	body := bytes.Repeat([]byte(`{"id":"0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e20","title":"Active event","status":"active"},`), 100)
+	b.Run("pooled", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			newCachedResponse(body, body).gzipped()
+		}
+	})
+	b.Run("new-writer", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var buf bytes.Buffer
+			zw := gzip.NewWriter(&buf)
+			zw.Write(body)
+			zw.Close()
+		}
+	})
 }
 
 func BenchmarkKeyCheck(b *testing.B) {
@@ -194,11 +238,48 @@ func BenchmarkIncrementalWrite(b *testing.B) {
 	}
 }
 
+// BenchmarkListEventsEncode compares what a default ListEvents call costs to encode: the
+// shared pre-encoded page (preEncodedCodec) against encoding the page for each call.
+func BenchmarkListEventsEncode(b *testing.B) {
+	st := newTestStore(b)
+	now := time.Now()
+	seedEvents(b, st, 200, "Upcoming event", now.Add(30*24*time.Hour), now.Add(31*24*time.Hour))
+	seedEvents(b, st, 20, "Active event", now.Add(-time.Hour), now.Add(24*time.Hour))
+	log := newLogger("text", io.Discard)
+	rm, err := newReadModel(context.Background(), st, time.Now, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := &eventServer{st: st, rm: rm, log: log}
+	codec := preEncodedCodec{encoding.GetCodecV2(protoenc.Name)}
+	b.Run("pre-encoded", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			out, err := codec.Marshal(s.firstPage(time.Now()))
+			if err != nil || out.Len() == 0 {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("marshal", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			t := time.Now()
+			events, next, _ := rm.snapshot().adminPage(t, adminQuery{pageSize: defaultPageSize, filter: defaultFilter})
+			out, err := codec.Marshal(listResponse(t, events, next.token()))
+			if err != nil || out.Len() == 0 {
+				b.Fatal(err)
+			}
+			out.Free()
+		}
+	})
+}
+
 func BenchmarkListEvents(b *testing.B) {
 	// The default first page (100 events) of 20 active, 200 upcoming and 5000 ended events,
 	// as ../shared/bench/compare seeds and asks, over a real gRPC connection.
 	ts := startServer(b)
-	st, err := openStore(context.Background(), ts.db)
+	st, err := openStore(context.Background(), ts.db, time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,25 +1,31 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
 
-// backupUsage is printed for a malformed `liveops backup`.
-const backupUsage = `usage: liveops backup [-db FILE] OUT.db
-`
+// This file holds the subcommands: keys, backup, export, import and version. They work on
+// the database directly, with or without a server running; a running server notices their
+// changes within its -reload-interval.
 
-// runBackup writes a consistent copy of the database to a new file while a server may be
-// running against it.
-func runBackup(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	fs, db := commandFlags("liveops backup", backupUsage, getenv, stderr)
-	if err := parseInterspersed(fs, args, 1); err != nil {
+const backupUsage = "usage: liveops backup [-db FILE] OUT.db\n\nCopies the database, consistently, while a server may be using it.\n\nflags:\n"
+
+// runBackup writes a consistent copy of the database to a new file.
+func runBackup(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs, db := commandFlags("backup", backupUsage, getenv, stderr)
+	if err := parseCommand(fs, args, 1, stdout); err != nil {
 		return err
 	}
 	st, err := openExistingStore(ctx, *db)
@@ -34,10 +40,12 @@ func runBackup(ctx context.Context, args []string, getenv func(string) string, s
 	return nil
 }
 
+const exportUsage = "usage: liveops export [-db FILE] > EVENTS.json\n\nPrints every event's definition as JSON, sorted by id.\n\nflags:\n"
+
 // runExport writes every event's definition to stdout as stable JSON sorted by id.
 func runExport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs, db := commandFlags("liveops export", "usage: liveops export [-db FILE] > EVENTS.json\n", getenv, stderr)
-	if err := parseInterspersed(fs, args, 0); err != nil {
+	fs, db := commandFlags("export", exportUsage, getenv, stderr)
+	if err := parseCommand(fs, args, 0, stdout); err != nil {
 		return err
 	}
 	st, err := openExistingStore(ctx, *db)
@@ -45,19 +53,45 @@ func runExport(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer st.Close()
-	out, err := st.Export(ctx)
+	events, _, err := st.Events(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(out)
+	slices.SortFunc(events, func(a, b Event) int { return strings.Compare(a.ID, b.ID) })
+	f := exportFile{Events: make([]eventDoc, len(events))}
+	for i, e := range events {
+		f.Events[i] = toDoc(e, false)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, marshalJSON(f), "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err = stdout.Write(buf.Bytes())
 	return err
 }
 
+// exportFile is the shape of an export: every event's definition, sorted by id.
+type exportFile struct {
+	Events []eventDoc `json:"events"`
+}
+
+const importUsage = `usage: liveops import [-db FILE] [-dry-run] EVENTS.json
+
+Creates or updates events by id from a file in the form export writes, all or nothing.
+Every problem of every event is reported, and then nothing is imported.
+
+flags:
+`
+
+// importActor is who imported events are recorded as written by.
+const importActor = "import"
+
 // runImport creates or updates events from an export file, all or nothing.
 func runImport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs, db := commandFlags("liveops import", "usage: liveops import [-db FILE] [-dry-run] EVENTS.json\n", getenv, stderr)
+	fs, db := commandFlags("import", importUsage, getenv, stderr)
 	dryRun := fs.Bool("dry-run", false, "print what would change, field by field, and change nothing")
-	if err := parseInterspersed(fs, args, 1); err != nil {
+	if err := parseCommand(fs, args, 1, stdout); err != nil {
 		return err
 	}
 	data, err := os.ReadFile(fs.Arg(0))
@@ -79,12 +113,12 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 			changes = append(changes, importChange{ID: e.ID, Action: "create"})
 		}
 	} else {
-		st, err := openStore(ctx, *db)
+		st, err := openStore(ctx, *db, time.Now)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		if changes, _, err = st.Import(ctx, events, time.Now().UTC(), *dryRun); err != nil {
+		if changes, _, err = st.Import(withActor(ctx, importActor), events, *dryRun); err != nil {
 			return err
 		}
 	}
@@ -104,43 +138,212 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 	return nil
 }
 
+// importProblem is one thing wrong with an import file.
+type importProblem struct {
+	EventID string // the event's id, or #N (its place in the file) when the id is unusable
+	Field   string
+	Reason  string
+}
+
+func (p importProblem) String() string {
+	if p.EventID == "" {
+		return p.Field + ": " + p.Reason
+	}
+	return fmt.Sprintf("event %s: %s: %s", p.EventID, p.Field, p.Reason)
+}
+
+// parseImport reads and checks an import file. It reports every problem of every event,
+// in the words the API uses, not just the first.
+func parseImport(data []byte) ([]Event, []importProblem) {
+	var f struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, []importProblem{{Field: "file", Reason: "must be an export file, {\"events\": [...]}: " + jsonErrorAt(string(data), err)}}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, []importProblem{{Field: "file", Reason: "holds more than one JSON value"}}
+	}
+	var problems []importProblem
+	var events []Event
+	seen := map[string]bool{}
+	for i, raw := range f.Events {
+		e, errs := parseImportedEvent(raw)
+		id := e.ID
+		switch {
+		case !validID(id):
+			id = fmt.Sprintf("#%d", i+1)
+		case seen[id]:
+			errs = append(errs, &fieldError{"id", "appears more than once in the file"})
+		}
+		seen[e.ID] = true
+		for _, fe := range errs {
+			problems = append(problems, importProblem{id, fe.Field, fe.Reason})
+		}
+		if len(errs) == 0 {
+			events = append(events, e)
+		}
+	}
+	return events, problems
+}
+
+// parseImportedEvent reads one event of an import file field by field, so that a field of
+// the wrong type or an unreadable time is reported with its name, and then validates it.
+func parseImportedEvent(raw json.RawMessage) (Event, fieldErrors) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return Event{}, fieldErrors{{"event", "must be a JSON object"}}
+	}
+	var e Event
+	var errs fieldErrors
+	str := func(name string, dst *string) {
+		if v, ok := fields[name]; ok && json.Unmarshal(v, dst) != nil {
+			errs.add(&fieldError{name, "must be a string"})
+		}
+	}
+	num := func(name string, dst any) {
+		if v, ok := fields[name]; ok && json.Unmarshal(v, dst) != nil {
+			errs.add(&fieldError{name, "must be a whole number"})
+		}
+	}
+	tm := func(name string, v json.RawMessage, dst *time.Time) {
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			errs.add(&fieldError{name, "must be an RFC 3339 time string such as 2027-01-01T20:00:00Z"})
+			return
+		}
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			errs.add(&fieldError{name, fmt.Sprintf("must be an RFC 3339 time such as 2027-01-01T20:00:00Z, got %q", s)})
+			return
+		}
+		*dst = t.UTC()
+	}
+	for name, v := range fields {
+		switch name {
+		case "id", "title", "description", "state", "priority":
+		case "start_time":
+			tm(name, v, &e.Start)
+		case "end_time":
+			tm(name, v, &e.End)
+		case "preview_time":
+			tm(name, v, &e.Preview)
+		case "labels":
+			if json.Unmarshal(v, &e.Labels) != nil {
+				errs.add(&fieldError{name, "must be an array of strings"})
+			}
+		case "rewards":
+			e.Rewards = string(v) // validate says what is wrong with it
+		case "recurrence":
+			var r map[string]json.RawMessage
+			if json.Unmarshal(v, &r) != nil {
+				errs.add(&fieldError{name, "must be an object"})
+				continue
+			}
+			for rn, rv := range r {
+				field := "recurrence." + rn
+				switch rn {
+				case "interval":
+					if json.Unmarshal(rv, &e.Recurrence.Interval) != nil {
+						errs.add(&fieldError{field, "must be a whole number"})
+					}
+				case "count":
+					if json.Unmarshal(rv, &e.Recurrence.Count) != nil {
+						errs.add(&fieldError{field, "must be a whole number"})
+					}
+				case "unit":
+					if json.Unmarshal(rv, &e.Recurrence.Unit) != nil {
+						errs.add(&fieldError{field, "must be a string"})
+					}
+				case "time_zone":
+					if json.Unmarshal(rv, &e.Recurrence.TimeZone) != nil {
+						errs.add(&fieldError{field, "must be a string"})
+					}
+				case "until":
+					tm(field, rv, &e.Recurrence.Until)
+				default:
+					errs.add(&fieldError{field, "is not a recurrence field"})
+				}
+			}
+		case "created_at", "updated_at", "version":
+			errs.add(&fieldError{name, "is set by the server; leave it out"})
+		default:
+			errs.add(&fieldError{name, "is not an event field"})
+		}
+	}
+	str("id", &e.ID)
+	str("title", &e.Title)
+	str("description", &e.Description)
+	str("state", &e.State)
+	num("priority", &e.Priority)
+	if !validID(e.ID) {
+		errs.add(&fieldError{"id", "must be a lowercase UUID such as 0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e20"})
+	}
+	if len(e.Labels) == 0 {
+		e.Labels = nil
+	}
+	// Validation reports what the fields say; a field already reported as unreadable would
+	// only be reported again as missing.
+	for _, fe := range fieldProblems(e.validate()) {
+		if !slices.ContainsFunc(errs, func(p *fieldError) bool { return p.Field == fe.Field }) {
+			errs = append(errs, fe)
+		}
+	}
+	slices.SortStableFunc(errs, func(a, b *fieldError) int { return strings.Compare(a.Field, b.Field) })
+	return e, errs
+}
+
 const keysUsage = `usage:
-  liveops keys create -role http_user|grpc_admin [-name NAME] [-expires DURATION] [-db FILE]
+  liveops keys create -role http_user|grpc_admin [-name NAME] [-expires 30d] [-db FILE]
   liveops keys list [-db FILE]
   liveops keys revoke [-db FILE] ID
+
+create prints the new key alone on stdout, and what it made on stderr. The key is shown
+this once: only its SHA-256 is stored.
 `
 
-// runKeys runs the `liveops keys` subcommands against the database directly, so they work
-// whether or not a server is running; a running server notices the change within its
-// -reload-interval.
+// runKeys runs the `liveops keys` subcommands.
 func runKeys(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, keysUsage)
-		return errors.New("keys: missing subcommand")
+		return errors.New("keys: missing subcommand: create, list or revoke")
 	}
 	cmd, args := args[0], args[1:]
-	fs, db := commandFlags("liveops keys "+cmd, keysUsage, getenv, stderr)
+	switch cmd {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, keysUsage)
+		return flag.ErrHelp
+	}
+	fs, db := commandFlags("keys "+cmd, keysUsage+"\nflags:\n", getenv, stderr)
 
 	switch cmd {
 	case "create":
 		r := fs.String("role", "", "the key's role: http_user (HTTP reads) or grpc_admin (gRPC admin)")
 		name := fs.String("name", "", "a note saying who or what the key is for")
-		expires := fs.Duration("expires", 0, "lifetime, e.g. 720h; 0 means the key never expires")
-		if err := parseInterspersed(fs, args, 0); err != nil {
+		var expires time.Duration
+		fs.Var(daysDuration{&expires}, "expires", "lifetime, such as 30d or 12h; 0 means the key never expires")
+		if err := parseCommand(fs, args, 0, stdout); err != nil {
 			return err
 		}
-		if *expires < 0 {
+		if expires < 0 {
 			return errors.New("keys create: -expires must not be negative")
 		}
 		if _, ok := roleTags[role(*r)]; !ok {
 			return fmt.Errorf("keys create: -role must be http_user or grpc_admin, got %q", *r)
 		}
-		st, err := openStore(ctx, *db)
+		if _, err := os.Stat(*db); err != nil {
+			// Making the database here is how a new install gets its first keys; a typo in
+			// -db must not pass unnoticed, though.
+			fmt.Fprintf(stderr, "note: %s did not exist; created a new, empty database there\n", *db)
+		}
+		st, err := openStore(ctx, *db, time.Now)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		secret, k, err := createKey(ctx, st, role(*r), *name, *expires)
+		secret, k, err := createKey(ctx, st, role(*r), *name, expires)
 		if err != nil {
 			return fmt.Errorf("keys create: %w", err)
 		}
@@ -149,7 +352,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		return nil
 
 	case "list":
-		if err := parseInterspersed(fs, args, 0); err != nil {
+		if err := parseCommand(fs, args, 0, stdout); err != nil {
 			return err
 		}
 		st, err := openExistingStore(ctx, *db)
@@ -170,55 +373,62 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		return tw.Flush()
 
 	case "revoke":
-		if err := parseInterspersed(fs, args, 1); err != nil {
+		if err := parseCommand(fs, args, 1, stdout); err != nil {
 			return err
 		}
-		id := fs.Arg(0)
 		st, err := openExistingStore(ctx, *db)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		if err := st.RevokeKey(ctx, id, time.Now()); errors.Is(err, errNotFound) {
-			return fmt.Errorf("keys revoke: no key with id %q (see liveops keys list)", id)
-		} else if err != nil {
-			return err
+		if err := st.RevokeKey(ctx, fs.Arg(0)); err != nil {
+			return fmt.Errorf("keys revoke: %w", err)
 		}
-		fmt.Fprintf(stderr, "revoked key %s\n", id)
+		fmt.Fprintf(stderr, "revoked key %s\n", fs.Arg(0))
 		return nil
 	}
 	fmt.Fprint(stderr, keysUsage)
-	return fmt.Errorf("keys: unknown subcommand %q", cmd)
+	return fmt.Errorf("keys: unknown subcommand %q: want create, list or revoke", cmd)
+}
+
+// runVersion prints the module version and the commit the binary was built from.
+func runVersion(stdout io.Writer) error {
+	version, commit, dirty := "(devel)", "unknown", false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+	}
+	if dirty {
+		commit += " (with uncommitted changes)"
+	}
+	fmt.Fprintf(stdout, "liveops %s, commit %s\n", version, commit)
+	return nil
 }
 
 // commandFlags returns the flag set of a subcommand, with its usage text and the -db flag
 // every subcommand shares.
 func commandFlags(name, usage string, getenv func(string) string, stderr io.Writer) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs := newFlagSet(name, usage, stderr)
 	db := new(string)
 	dbFlag(fs, db, getenv)
 	return fs, db
 }
 
-// openExistingStore opens a database that must already exist, so that a mistyped -db
-// is an error rather than a new, empty database, and whose schema must be this binary's:
-// these commands never migrate, so running a newer binary's `export` against production
-// cannot stop the server from starting.
-func openExistingStore(ctx context.Context, path string) (*store, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("database %s: %w", path, err)
-	}
-	return openStoreAs(ctx, path, false)
-}
-
-// parseInterspersed parses flags that may come before or after the positional arguments,
-// and checks there are exactly want of those.
-func parseInterspersed(fs *flag.FlagSet, args []string, want int) error {
+// parseCommand parses a subcommand's flags, which may come before or after its positional
+// arguments, and checks there are exactly want of those.
+func parseCommand(fs *flag.FlagSet, args []string, want int, stdout io.Writer) error {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args, stdout); err != nil {
 			return err
 		}
 		if fs.NArg() == 0 {
@@ -238,7 +448,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string, want int) error {
 // createKey makes a key of role r, stores its hash and returns the key text, which exists
 // nowhere else from then on.
 func createKey(ctx context.Context, st *store, r role, name string, ttl time.Duration) (string, apiKey, error) {
-	secret, k, err := newKey(r, name, time.Now().UTC(), ttl)
+	secret, k, err := newKey(r, name, st.now().UTC(), ttl)
 	if err != nil {
 		return "", apiKey{}, err
 	}
@@ -248,12 +458,23 @@ func createKey(ctx context.Context, st *store, r role, name string, ttl time.Dur
 	return secret, k, nil
 }
 
-// bootstrapKeys creates one key of each role when the database has no keys at all, and
-// prints them to w once, so a fresh `go run .` can be used straight away.
-func bootstrapKeys(ctx context.Context, st *store, w io.Writer) error {
+// bootstrapKeys creates one key of each role when the database has no keys at all, so that
+// a fresh `go run .` can be used straight away, and writes them once: to the file named
+// (created, mode 0600, refusing to overwrite) or to stdout, apart from the log on stderr,
+// so that a log collector never receives them.
+func bootstrapKeys(ctx context.Context, st *store, file string, stdout io.Writer) error {
 	has, err := st.HasKeys(ctx)
 	if err != nil || has {
 		return err
+	}
+	w := stdout
+	if file != "" {
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("bootstrap keys: %w", err)
+		}
+		defer f.Close()
+		w = f
 	}
 	user, _, err := createKey(ctx, st, roleHTTPUser, "bootstrap", 0)
 	if err != nil {
@@ -263,9 +484,9 @@ func bootstrapKeys(ctx context.Context, st *store, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "No API keys existed, so two were created. They will not be shown again; store them now.\n"+
-		"  http_user  (HTTP reads): %s\n  grpc_admin (gRPC admin): %s\n", user, admin)
-	return nil
+	_, err = fmt.Fprintf(w, "# No API keys existed, so liveops created these two. They are shown only this once: store them now.\n"+
+		"LIVEOPS_USER_KEY=%s\nLIVEOPS_ADMIN_KEY=%s\n", user, admin)
+	return err
 }
 
 func orDash(s string) string {

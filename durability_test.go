@@ -31,6 +31,26 @@ import (
 
 // soak reports whether the long forms of the durability tests should run
 // (LIVEOPS_SOAK=1 go test -run 'Kill|SIGTERM' ./...).
+// integrityCheck runs PRAGMA integrity_check and returns its verdict: "ok" when the file
+// is sound.
+func integrityCheck(t testing.TB, st *store, ctx context.Context) (string, error) {
+	t.Helper()
+	rows, err := st.db.QueryContext(ctx, `PRAGMA integrity_check`)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return "", err
+		}
+		lines = append(lines, line)
+	}
+	return strings.Join(lines, "\n"), rows.Err()
+}
+
 func soak() bool { return os.Getenv("LIVEOPS_SOAK") != "" }
 
 func TestConcurrentReadModifyWriteWithETags(t *testing.T) {
@@ -146,11 +166,13 @@ func TestETagsAndMasksOverGRPC(t *testing.T) {
 		t.Fatalf("delete with the current etag: %v", err)
 	}
 
-	// The etag is in the players' JSON too.
+	// Players see the event's version as a number, not as an etag: in HTTP, ETag names a
+	// whole response, and a "v1" sent in If-None-Match would never match it.
 	now := time.Now().UTC()
 	live, _ := ts.events.CreateEvent(admin, createReq("live", now.Add(-time.Hour), now.Add(time.Hour), ""))
-	if _, _, body := ts.get(t, "/events/"+live.GetEvent().GetId(), ts.user); !strings.Contains(string(body), `"etag":"`+live.GetEvent().GetEtag()+`"`) {
-		t.Fatalf("HTTP event JSON lacks the etag: %s", body)
+	_, hdr, body := ts.get(t, "/events/"+live.GetEvent().GetId(), ts.user)
+	if !strings.Contains(string(body), `"version":1`) || strings.Contains(string(body), `"etag"`) || hdr.Get("Etag") == `"v1"` {
+		t.Fatalf("HTTP event JSON = %s (ETag %s); want version 1 and no etag field", body, hdr.Get("Etag"))
 	}
 }
 
@@ -198,7 +220,7 @@ func TestLockedDatabase(t *testing.T) {
 	}
 
 	// Another process holds the write lock.
-	other, err := openStore(context.Background(), ts.db)
+	other, err := openStore(context.Background(), ts.db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +258,7 @@ func TestDiskFull(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "full.db")
 	// A page cap stands in for a full disk: SQLite reports SQLITE_FULL either way.
-	st, err := openStore(ctx, path, "max_page_count(64)")
+	st, err := openStore(ctx, path, time.Now, "max_page_count(64)")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,14 +268,15 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &eventServer{st: st, rm: rm, now: time.Now, log: newLogger("text", io.Discard)}
+	srv := &eventServer{st: st, rm: rm, log: newLogger("text", io.Discard)}
 
 	big := `["` + strings.Repeat("x", 60<<10) + `"]`
 	var stored int
 	for {
 		_, err := srv.CreateEvent(ctx, createReq(fmt.Sprint("filler ", stored), t0, t0.Add(time.Hour), big))
 		if err != nil {
-			if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "full") {
+			// The method returns a plain error; grpcStatus is what the interceptor sends.
+			if st, _ := grpcStatus(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "full") {
 				t.Fatalf("write to a full database: %v; want RESOURCE_EXHAUSTED saying it is full", err)
 			}
 			break
@@ -267,7 +290,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil || len(list.GetEvents()) != stored {
 		t.Fatalf("read when full: %d events, %v; want %d", len(list.GetEvents()), err, stored)
 	}
-	if v, err := st.integrityCheck(ctx); err != nil || v != "ok" {
+	if v, err := integrityCheck(t, st, ctx); err != nil || v != "ok" {
 		t.Fatalf("integrity_check when full: %q, %v", v, err)
 	}
 
@@ -352,11 +375,11 @@ func TestBackupWhileServing(t *testing.T) {
 		t.Fatal("a second backup over the first succeeded; want a refusal")
 	}
 
-	st, err := openStore(context.Background(), out)
+	st, err := openStore(context.Background(), out, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := st.integrityCheck(context.Background()); err != nil || v != "ok" {
+	if v, err := integrityCheck(t, st, context.Background()); err != nil || v != "ok" {
 		t.Fatalf("integrity_check of the copy: %q, %v", v, err)
 	}
 	st.Close()
@@ -395,7 +418,7 @@ func dialGRPC(t *testing.T, addr string) (*grpc.ClientConn, eventspb.EventServic
 func binaryWithKeys(t *testing.T) (db, user, admin string) {
 	t.Helper()
 	db = filepath.Join(t.TempDir(), "liveops.db")
-	st, err := openStore(context.Background(), db)
+	st, err := openStore(context.Background(), db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,11 +487,11 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 		}
 
 		// Reopening replays the WAL; every acknowledged event must be there.
-		st, err := openStore(context.Background(), db)
+		st, err := openStore(context.Background(), db, time.Now)
 		if err != nil {
 			t.Fatalf("round %d: reopen: %v", round, err)
 		}
-		if v, err := st.integrityCheck(context.Background()); err != nil || v != "ok" {
+		if v, err := integrityCheck(t, st, context.Background()); err != nil || v != "ok" {
 			t.Fatalf("round %d: integrity_check = %q, %v", round, v, err)
 		}
 		events, _, err := st.Events(context.Background())
@@ -502,7 +525,7 @@ func TestSIGTERMWaitsForAnInFlightWrite(t *testing.T) {
 	client := eventspb.NewEventServiceClient(conn)
 
 	// Another process holds the write lock, so the create below stays in flight.
-	other, err := openStore(context.Background(), db)
+	other, err := openStore(context.Background(), db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,12 +576,12 @@ func TestSIGTERMWaitsForAnInFlightWrite(t *testing.T) {
 	if err := <-p.exited; err != nil {
 		t.Fatalf("exit: %v; want 0\n%s", err, p.output())
 	}
-	st, err := openStore(context.Background(), db)
+	st, err := openStore(context.Background(), db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if _, err := st.Event(context.Background(), r.resp.GetEvent().GetId()); err != nil {
+	if _, err := getEvent(context.Background(), st.db, r.resp.GetEvent().GetId()); err != nil {
 		t.Fatalf("the acknowledged in-flight create is not stored: %v", err)
 	}
 }
@@ -683,12 +706,12 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			t.Errorf("round %d: a new connection was accepted after exit", round)
 		}
 
-		st, err := openStore(context.Background(), db)
+		st, err := openStore(context.Background(), db, time.Now)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, id := range acked {
-			if _, err := st.Event(context.Background(), id); err != nil {
+			if _, err := getEvent(context.Background(), st.db, id); err != nil {
 				t.Fatalf("round %d: acknowledged event %s: %v", round, id, err)
 			}
 		}

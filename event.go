@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,59 +89,96 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return e.Field + ": " + e.Reason }
 
+// fieldErrors is every problem found in one request or document, in field order.
+type fieldErrors []*fieldError
+
+func (errs fieldErrors) Error() string {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// add appends err's problems; a nil err adds nothing.
+func (errs *fieldErrors) add(err error) {
+	*errs = append(*errs, fieldProblems(err)...)
+}
+
+// fieldProblems returns the field problems err carries (a *fieldError or fieldErrors,
+// possibly wrapped), or nil when it carries none.
+func fieldProblems(err error) fieldErrors {
+	var list fieldErrors
+	if errors.As(err, &list) {
+		return list
+	}
+	var one *fieldError
+	if errors.As(err, &one) {
+		return fieldErrors{one}
+	}
+	return nil
+}
+
 // validate checks the fields an admin supplies and normalises them: text is trimmed of
-// surrounding white space and rewards are compacted. It returns a *fieldError naming the
-// first field that is wrong.
+// surrounding white space and rewards are compacted. It reports every field that is
+// wrong, as fieldErrors, not just the first.
 func (e *Event) validate() error {
+	var errs fieldErrors
 	e.Title = strings.TrimSpace(e.Title)
 	e.Description = strings.TrimSpace(e.Description)
-	if err := checkText("title", e.Title, maxTitleRunes, false); err != nil {
-		return err
-	}
 	if e.Title == "" {
-		return &fieldError{"title", "is required"}
+		errs.add(&fieldError{"title", "is required"})
+	} else {
+		errs.add(checkText("title", e.Title, maxTitleRunes, false))
 	}
-	if err := checkText("description", e.Description, maxDescriptionRunes, true); err != nil {
-		return err
-	}
-	if err := checkTime("start_time", e.Start); err != nil {
-		return err
-	}
-	if err := checkTime("end_time", e.End); err != nil {
-		return err
-	}
-	if !e.End.After(e.Start) {
-		return &fieldError{"end_time", "must be after start_time"}
+	errs.add(checkText("description", e.Description, maxDescriptionRunes, true))
+	startErr, endErr := checkTime("start_time", e.Start), checkTime("end_time", e.End)
+	errs.add(startErr)
+	errs.add(endErr)
+	if startErr == nil && endErr == nil && !e.End.After(e.Start) {
+		errs.add(&fieldError{"end_time", "must be after start_time"})
 	}
 	if !e.Preview.IsZero() {
 		if err := checkTime("preview_time", e.Preview); err != nil {
-			return err
+			errs.add(err)
+		} else if startErr == nil && !e.Preview.Before(e.Start) {
+			errs.add(&fieldError{"preview_time", "must be before start_time"})
 		}
-		if !e.Preview.Before(e.Start) {
-			return &fieldError{"preview_time", "must be before start_time"}
-		}
 	}
-	if err := e.Recurrence.validate(e.End.Sub(e.Start), e.Start); err != nil {
-		return err
+	if startErr == nil && endErr == nil {
+		errs.add(e.Recurrence.validate(e.End.Sub(e.Start), e.Start))
 	}
-	labels, err := normalizeLabels(e.Labels)
-	if err != nil {
-		return err
+	if labels, err := normalizeLabels(e.Labels); err != nil {
+		errs.add(err)
+	} else {
+		e.Labels = labels
 	}
-	e.Labels = labels
-	switch e.State {
-	case "":
-		e.State = statePublished
-	case statePublished, stateDraft:
-	default:
-		return &fieldError{"state", fmt.Sprintf("must be PUBLISHED or DRAFT, got %q", e.State)}
+	if st, err := parseState(e.State); err != nil {
+		errs.add(err)
+	} else {
+		e.State = st
 	}
-	rewards, err := normalizeRewards(e.Rewards)
-	if err != nil {
-		return err
+	if rewards, err := normalizeRewards(e.Rewards); err != nil {
+		errs.add(err)
+	} else {
+		e.Rewards = rewards
 	}
-	e.Rewards = rewards
-	return nil
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// parseState reads an event state in either spelling the APIs use: DRAFT as export files
+// write it, or EVENT_STATE_DRAFT as gRPC's JSON prints it. Empty means published.
+func parseState(s string) (string, error) {
+	switch strings.TrimPrefix(strings.ToUpper(s), "EVENT_STATE_") {
+	case "", statePublished:
+		return statePublished, nil
+	case stateDraft:
+		return stateDraft, nil
+	}
+	return "", &fieldError{"state", fmt.Sprintf("must be PUBLISHED or DRAFT (or EVENT_STATE_PUBLISHED, EVENT_STATE_DRAFT), got %q", s)}
 }
 
 // normalizeLabels checks labels (short lowercase tokens: a-z, 0-9, '-' and '_', starting
@@ -221,7 +260,7 @@ func normalizeRewards(s string) (string, error) {
 		return "{}", nil
 	}
 	if !json.Valid([]byte(s)) {
-		return "", &fieldError{"rewards", "must be valid JSON"}
+		return "", &fieldError{"rewards", "must be valid JSON: " + jsonErrorAt(s, json.Unmarshal([]byte(s), new(any)))}
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, []byte(s)); err != nil {
@@ -234,6 +273,19 @@ func normalizeRewards(s string) (string, error) {
 		return "", err
 	}
 	return buf.String(), nil
+}
+
+// jsonErrorAt describes a JSON syntax error in s with the line and column where it is, as
+// an editor counts them.
+func jsonErrorAt(s string, err error) string {
+	var se *json.SyntaxError
+	if !errors.As(err, &se) {
+		return err.Error()
+	}
+	before := s[:min(int(se.Offset), len(s))]
+	line := strings.Count(before, "\n") + 1
+	col := utf8.RuneCountInString(before[strings.LastIndexByte(before, '\n')+1:])
+	return fmt.Sprintf("%v (line %d, column %d)", se, line, col)
 }
 
 // checkJSONShape walks valid JSON and refuses nesting deeper than maxRewardsDepth and an
@@ -329,13 +381,121 @@ func validID(s string) bool {
 	return true
 }
 
-// checkID returns a *fieldError when id is not a canonical UUID.
-func checkID(id string) error {
+// checkID returns a *fieldError for field when id is not a canonical UUID.
+func checkID(field, id string) error {
 	if id == "" {
-		return &fieldError{"id", "is required"}
+		return &fieldError{field, "is required"}
 	}
 	if !validID(id) {
-		return &fieldError{"id", "must be a lowercase UUID such as 0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e20"}
+		return &fieldError{field, "must be a lowercase UUID such as 0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e20"}
 	}
 	return nil
+}
+
+// eventDoc is an event's definition as JSON, with the HTTP API's field names: the form of
+// revisions and of export and import files. An export leaves out the bookkeeping
+// (created_at, updated_at, version), so a file says only what an admin decided and moves
+// between databases unchanged.
+type eventDoc struct {
+	ID          string          `json:"id"`
+	Title       string          `json:"title"`
+	Description string          `json:"description"`
+	StartTime   time.Time       `json:"start_time"`
+	EndTime     time.Time       `json:"end_time"`
+	PreviewTime *time.Time      `json:"preview_time,omitempty"`
+	Recurrence  *recurrenceDoc  `json:"recurrence,omitempty"`
+	Priority    int32           `json:"priority"`
+	Labels      []string        `json:"labels"`
+	State       string          `json:"state"`
+	Rewards     json.RawMessage `json:"rewards"`
+	CreatedAt   *time.Time      `json:"created_at,omitempty"`
+	UpdatedAt   *time.Time      `json:"updated_at,omitempty"`
+	Version     int64           `json:"version,omitempty"`
+}
+
+type recurrenceDoc struct {
+	Interval int        `json:"interval"`
+	Unit     string     `json:"unit"`
+	TimeZone string     `json:"time_zone"`
+	Until    *time.Time `json:"until,omitempty"`
+	Count    int        `json:"count,omitempty"`
+}
+
+// toDoc turns e into a document; with bookkeeping, the times and version are included.
+func toDoc(e Event, bookkeeping bool) eventDoc {
+	d := eventDoc{ID: e.ID, Title: e.Title, Description: e.Description, StartTime: e.Start, EndTime: e.End,
+		Priority: e.Priority, Labels: e.Labels, State: e.State, Rewards: json.RawMessage(e.Rewards)}
+	if d.Labels == nil {
+		d.Labels = []string{}
+	}
+	if !e.Preview.IsZero() {
+		p := e.Preview
+		d.PreviewTime = &p
+	}
+	if r := e.Recurrence; r.repeats() {
+		d.Recurrence = &recurrenceDoc{Interval: r.Interval, Unit: r.Unit, TimeZone: r.TimeZone, Count: r.Count}
+		if !r.Until.IsZero() {
+			u := r.Until
+			d.Recurrence.Until = &u
+		}
+	}
+	if bookkeeping {
+		c, u := e.CreatedAt, e.UpdatedAt
+		d.CreatedAt, d.UpdatedAt, d.Version = &c, &u, e.Version
+	}
+	return d
+}
+
+// event turns a document back into an event (not validated).
+func (d eventDoc) event() Event {
+	e := Event{ID: d.ID, Title: d.Title, Description: d.Description, Start: d.StartTime.UTC(), End: d.EndTime.UTC(),
+		Priority: d.Priority, Labels: d.Labels, State: d.State, Rewards: string(d.Rewards), Version: d.Version}
+	if len(e.Labels) == 0 {
+		e.Labels = nil
+	}
+	if d.PreviewTime != nil {
+		e.Preview = d.PreviewTime.UTC()
+	}
+	if r := d.Recurrence; r != nil {
+		e.Recurrence = Recurrence{Interval: r.Interval, Unit: r.Unit, TimeZone: r.TimeZone, Count: r.Count}
+		if r.Until != nil {
+			e.Recurrence.Until = r.Until.UTC()
+		}
+	}
+	if d.CreatedAt != nil {
+		e.CreatedAt = d.CreatedAt.UTC()
+	}
+	if d.UpdatedAt != nil {
+		e.UpdatedAt = d.UpdatedAt.UTC()
+	}
+	return e
+}
+
+// diffEvents lists the definition fields that differ between old and new, as
+// "field: old -> new".
+func diffEvents(old, new Event) []string {
+	a, b := toDoc(old, false), toDoc(new, false)
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var out []string
+	for i := range va.NumField() {
+		name, _, _ := strings.Cut(va.Type().Field(i).Tag.Get("json"), ",")
+		x, y := marshalJSON(va.Field(i).Interface()), marshalJSON(vb.Field(i).Interface())
+		if !bytes.Equal(x, y) {
+			out = append(out, fmt.Sprintf("%s: %s -> %s", name, x, y))
+		}
+	}
+	return out
+}
+
+// marshalJSON encodes v the one way every JSON liveops writes is encoded: compact, with
+// <, > and & left as they are (the output is JSON, never HTML). v is one of liveops's own
+// plain types, which always encode.
+func marshalJSON(v any) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		panic(fmt.Sprintf("encode %T: %v", v, err))
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }

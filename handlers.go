@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,30 +15,37 @@ import (
 // eventJSON is an event as players see it over HTTP. Rewards is embedded as the JSON value
 // itself, not as a string holding JSON, so a game client parses the response once. For a
 // recurring event, the times are those of the occurrence shown (the active one, else the
-// next previewed one, else the last), and occurrence is its index.
+// next previewed one, else the last), and occurrence is its index. Version grows by one
+// with every admin write to the event; it is not the HTTP ETag, which names a whole
+// response body.
 type eventJSON struct {
-	ID          string          `json:"id"`
-	Title       string          `json:"title"`
-	Description string          `json:"description"`
-	Status      string          `json:"status"`
-	StartTime   time.Time       `json:"start_time"`
-	EndTime     time.Time       `json:"end_time"`
-	PreviewTime *time.Time      `json:"preview_time,omitempty"`
-	Occurrence  *int            `json:"occurrence,omitempty"`
-	Priority    int32           `json:"priority"`
-	Labels      []string        `json:"labels"`
-	Rewards     json.RawMessage `json:"rewards"`
-	CreatedAt   time.Time       `json:"created_at"`
-	UpdatedAt   time.Time       `json:"updated_at"`
-	ETag        string          `json:"etag"`
+	ID          string     `json:"id"`
+	Title       string     `json:"title"`
+	Description string     `json:"description"`
+	Status      string     `json:"status"`
+	StartTime   time.Time  `json:"start_time"`
+	EndTime     time.Time  `json:"end_time"`
+	PreviewTime *time.Time `json:"preview_time,omitempty"`
+	Occurrence  *int       `json:"occurrence,omitempty"`
+	Priority    int32      `json:"priority"`
+	Labels      []string   `json:"labels"`
+	Rewards     rawJSON    `json:"rewards"`
+	CreatedAt   time.Time  `json:"created_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	Version     int64      `json:"version"`
 }
+
+// rawJSON is JSON text written as it is: rewards, which validation compacted.
+type rawJSON string
+
+func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 
 // toJSON shapes e as it stands in v for players.
 func toJSON(e Event, v view) eventJSON {
 	j := eventJSON{
 		ID: e.ID, Title: e.Title, Description: e.Description, Status: v.status.String(),
 		StartTime: v.start, EndTime: v.end, Priority: e.Priority, Labels: e.Labels,
-		Rewards: json.RawMessage(e.Rewards), CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, ETag: e.ETag(),
+		Rewards: rawJSON(e.Rewards), CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, Version: e.Version,
 	}
 	if j.Labels == nil {
 		j.Labels = []string{}
@@ -53,50 +60,84 @@ func toJSON(e Event, v view) eventJSON {
 	return j
 }
 
-// handleEvents serves GET /events: by default the events active now. The common answer
-// comes encoded from the read model, so such a request checks the key, picks the bytes and
-// writes them. Query parameters:
+// playerListBody encodes a GET /events answer: {"server_time":...,"events":[...]}. It
+// returns the body and the events array alone, from which the ETag is made.
+func playerListBody(t time.Time, events []shown) (body, eventsJSON []byte) {
+	b := append([]byte(`{"server_time":"`), t.UTC().AppendFormat(nil, time.RFC3339)...)
+	b = append(b, `","events":`...)
+	start := len(b)
+	b = append(b, '[')
+	for i, s := range events {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, marshalJSON(toJSON(s.e.Event, s.v))...)
+	}
+	b = append(b, ']')
+	end := len(b)
+	b = append(b, "}\n"...)
+	return b, b[start:end]
+}
+
+// playerEventBody encodes a GET /events/{id} answer: the event with server_time first. It
+// returns the body and the event alone, from which the ETag is made.
+func playerEventBody(t time.Time, e Event, v view) (body, eventJSON []byte) {
+	event := marshalJSON(toJSON(e, v))
+	b := append([]byte(`{"server_time":"`), t.UTC().AppendFormat(nil, time.RFC3339)...)
+	b = append(b, `",`...)
+	b = append(b, event[1:]...)
+	return append(b, '\n'), event
+}
+
+// handleEvents serves GET /events: by default the events active now. Each variant of the
+// query is encoded once per snapshot and second and shared by every request asking it.
+// Query parameters:
 //
 //	status=active,upcoming        which statuses to include (repeatable; default active)
 //	label=shop&label=pvp          only events with any of these labels
 //	at=2027-01-01T20:00:00Z       answer as of that instant; only with -allow-time-travel
-func handleEvents(rm *readModel, allowTimeTravel bool) http.Handler {
+func handleEvents(rm *readModel, answers *answerCache, allowTimeTravel bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var q playerQuery
+		var at time.Time
+		if r.URL.RawQuery != "" {
+			var err error
+			if q, at, err = parsePlayerQuery(r.URL.Query(), allowTimeTravel); err != nil {
+				writeError(w, r, err)
+				return
+			}
+		}
+		snap := rm.snapshot()
+		if !at.IsZero() {
+			// Time travel is for testing: never cached, here or by the client.
+			events, _ := snap.playerEvents(at, q)
+			serveCached(w, r, newCachedResponse(playerListBody(at, events)), 0)
+			return
+		}
 		now := rm.now()
-		if r.URL.RawQuery == "" {
-			a := rm.activeAt(now)
-			serveCached(w, r, a.resp, a.until.Sub(now))
-			return
-		}
-		q, at, err := parsePlayerQuery(r.URL.Query(), allowTimeTravel)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		if at.IsZero() && q.isDefault() {
-			a := rm.activeAt(now)
-			serveCached(w, r, a.resp, a.until.Sub(now))
-			return
-		}
-		t := now
-		if !at.IsZero() {
-			t = at
-		}
-		events, until := rm.snapshot().playerEvents(t, q)
-		body, tagged := playerListBody(t, events)
-		fresh := until.Sub(t)
-		if !at.IsZero() {
-			fresh = 0 // time travel is for testing: never cache it
-		}
-		serveCached(w, r, newCachedResponse(body, tagged), fresh)
+		a := answers.get(q.key(), snap.gen, now, func() ([]byte, []byte, time.Time) {
+			events, until := snap.playerEvents(now, q)
+			body, tagged := playerListBody(now, events)
+			return body, tagged, until
+		})
+		serveCached(w, r, a.resp, a.until.Sub(now))
 	})
+}
+
+// key names q in the answer cache: the same for every spelling of one question.
+func (q playerQuery) key() string {
+	if q.isDefault() {
+		return "events"
+	}
+	labels := slices.Compact(slices.Sorted(slices.Values(q.labels)))
+	return "events?" + strconv.Itoa(int(q.statuses)) + "&" + strings.Join(labels, ",")
 }
 
 // parsePlayerQuery reads GET /events's query parameters.
 func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Time, error) {
 	var q playerQuery
 	for _, list := range v["status"] {
-		for _, name := range strings.Split(list, ",") {
+		for name := range strings.SplitSeq(list, ",") {
 			switch strings.TrimSpace(name) {
 			case "active":
 				q.statuses.add(statusActive)
@@ -117,142 +158,87 @@ func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Tim
 		}
 		q.labels = append(q.labels, l)
 	}
-	var at time.Time
-	if s := v.Get("at"); s != "" {
-		if !allowTimeTravel {
-			return q, time.Time{}, &fieldError{"at", "time travel is off on this server (start it with -allow-time-travel)"}
-		}
-		t, err := time.Parse(time.RFC3339, s)
-		if err != nil {
-			return q, time.Time{}, &fieldError{"at", "must be an RFC 3339 time such as 2027-01-01T20:00:00+01:00"}
-		}
-		if err := checkTime("at", t.UTC()); err != nil {
-			return q, time.Time{}, err
-		}
-		at = t.UTC()
+	at, err := parseAt(v, allowTimeTravel)
+	return q, at, err
+}
+
+// parseAt reads the time-travel parameter at, which the player routes share: the zero time
+// when it is absent.
+func parseAt(v url.Values, allowTimeTravel bool) (time.Time, error) {
+	s := v.Get("at")
+	if s == "" {
+		return time.Time{}, nil
 	}
-	return q, at, nil
+	if !allowTimeTravel {
+		return time.Time{}, &fieldError{"at", "time travel is off on this server (start it with -allow-time-travel)"}
+	}
+	// A '+' in a query string means a space, so an offset such as +01:00 sent unescaped
+	// arrives as " 01:00". No RFC 3339 time holds a space there, so it can only be that.
+	if i := strings.LastIndexByte(s, ' '); i > 0 && len(s)-i == len(" 01:00") {
+		s = s[:i] + "+" + s[i+1:]
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, &fieldError{"at", fmt.Sprintf("must be an RFC 3339 time such as 2027-01-01T20:00:00Z or 2027-01-01T21:00:00%%2B01:00, got %q", v.Get("at"))}
+	}
+	if err := checkTime("at", t.UTC()); err != nil {
+		return time.Time{}, err
+	}
+	return t.UTC(), nil
 }
 
 // handleEvent serves GET /events/{id}: the event while players may see it (previewed,
 // active or ended). A draft, or an event not yet previewed or started, is 404, so the
-// schedule cannot be read early.
-func handleEvent(rm *readModel) http.Handler {
+// schedule cannot be read early. It takes at like GET /events.
+func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
-		if err := checkID(id); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
+		if err := checkID("id", id); err != nil {
+			writeError(w, r, err)
 			return
+		}
+		var at time.Time
+		if r.URL.RawQuery != "" {
+			var err error
+			if at, err = parseAt(r.URL.Query(), allowTimeTravel); err != nil {
+				writeError(w, r, err)
+				return
+			}
 		}
 		now := rm.now()
-		e, ok := rm.snapshot().get(id)
+		t := now
+		if !at.IsZero() {
+			t = at
+		}
+		snap := rm.snapshot()
+		e, ok := snap.get(id)
 		var v view
 		if ok {
-			v = e.viewAt(now)
+			v = e.viewAt(t)
 		}
 		if !ok || !v.visible {
-			writeError(w, http.StatusNotFound, "no event with id "+id)
+			writeError(w, r, &notFoundError{"no event with id " + id})
 			return
 		}
-		event := mustJSON(toJSON(e.Event, v))
-		body := make([]byte, 0, len(event)+40)
-		body = append(body, `{"server_time":"`...)
-		body = now.UTC().AppendFormat(body, time.RFC3339)
-		body = append(body, `",`...)
-		body = append(body, event[1:]...)
-		body = append(body, '\n')
-		serveCached(w, r, newCachedResponse(body, event), v.until.Sub(now))
+		if !at.IsZero() {
+			serveCached(w, r, newCachedResponse(playerEventBody(t, e.Event, v)), 0)
+			return
+		}
+		a := answers.get("event/"+id, snap.gen, now, func() ([]byte, []byte, time.Time) {
+			body, tagged := playerEventBody(now, e.Event, v)
+			return body, tagged, v.until
+		})
+		serveCached(w, r, a.resp, a.until.Sub(now))
 	})
 }
 
-// maxCacheAge caps Cache-Control max-age, so that clients and CDNs come back often enough
-// to notice a new event.
-const maxCacheAge = 30 * time.Second
-
-// Header values used on every cached response, made once so that a request allocates
-// nothing for them. They are never modified.
-var (
-	hdrJSON    = []string{"application/json"}
-	hdrVary    = []string{"Authorization, Accept-Encoding"}
-	hdrGzip    = []string{"gzip"}
-	hdrMaxAges = func() [][]string {
-		out := make([][]string, int(maxCacheAge/time.Second)+1)
-		for i := range out {
-			out[i] = []string{"max-age=" + strconv.Itoa(i)}
-		}
-		return out
-	}()
-)
-
-// serveCached writes c, honouring If-None-Match (304) and Accept-Encoding (gzip), with a
-// Cache-Control max-age that does not run past fresh, the time until the answer can change.
-func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fresh time.Duration) {
-	h := w.Header()
-	h["Content-Type"] = hdrJSON
-	h["Vary"] = hdrVary
-	h["Cache-Control"] = hdrMaxAges[int(min(max(fresh, 0), maxCacheAge)/time.Second)]
-	body, etag, length := c.body, c.etag, c.length
-	if len(c.body) >= minGzipSize && acceptsGzip(r.Header["Accept-Encoding"]) {
-		if gz := c.gzipped(); gz != nil {
-			body, etag, length = gz.body, gz.etag, gz.length
-			h["Content-Encoding"] = hdrGzip
-		}
-	}
-	h["Etag"] = etag
-	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagListMatches(inm, etag[0]) {
-		w.WriteHeader(http.StatusNotModified)
-		return
-	}
-	h["Content-Length"] = length
-	w.Write(body)
-}
-
-// acceptsGzip reports whether an Accept-Encoding header allows gzip: it names gzip (or *)
-// without q=0.
-func acceptsGzip(values []string) bool {
-	for _, v := range values {
-		for v != "" {
-			var item string
-			item, v, _ = strings.Cut(v, ",")
-			name, params, _ := strings.Cut(item, ";")
-			name = strings.TrimSpace(name)
-			if !strings.EqualFold(name, "gzip") && name != "*" {
-				continue
-			}
-			q := strings.TrimSpace(params)
-			if q, ok := strings.CutPrefix(q, "q="); ok && strings.Trim(q, "0.") == "" {
-				return false // q=0, q=0.0, q=0.000: explicitly refused
-			}
-			return true
-		}
-	}
-	return false
-}
-
-// etagListMatches reports whether an If-None-Match header matches etag, with the weak
-// comparison RFC 9110 asks for: W/ prefixes are ignored, and * matches anything.
-func etagListMatches(values []string, etag string) bool {
-	etag = strings.TrimPrefix(etag, "W/")
-	for _, v := range values {
-		for v != "" {
-			var item string
-			item, v, _ = strings.Cut(v, ",")
-			item = strings.TrimSpace(item)
-			if item == "*" || strings.TrimPrefix(item, "W/") == etag {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // handleHealthz answers 200 when the database answers a query within a second, 503 otherwise.
-func handleHealthz(st *store, log *logger) http.Handler {
+func handleHealthz(st *store) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		if err := st.ping(ctx); err != nil {
-			log.Error("health check failed", "err", err)
+			noteReason(r.Context(), "database ping failed: "+err.Error())
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
 			return
 		}
@@ -263,7 +249,7 @@ func handleHealthz(st *store, log *logger) http.Handler {
 // handleNotFound answers every path no route matches.
 func handleNotFound() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+		writeError(w, r, &httpError{http.StatusNotFound, "no such endpoint: " + r.URL.Path})
 	})
 }
 
@@ -271,33 +257,107 @@ func handleNotFound() http.Handler {
 func handleMethodNotAllowed(allow string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: "+allow)
+		writeError(w, r, &httpError{http.StatusMethodNotAllowed, "method " + r.Method + " not allowed; allowed: " + allow})
 	})
+}
+
+// onlyParams answers 400, naming the parameter, to a request whose query string holds a
+// parameter the route does not take, so that a misspelt filter is not silently ignored.
+func onlyParams(allowed []string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			v, err := url.ParseQuery(r.URL.RawQuery)
+			if err != nil {
+				writeError(w, r, &fieldError{"query", "is malformed: " + err.Error()})
+				return
+			}
+			for name := range v {
+				if !slices.Contains(allowed, name) {
+					reason := "this endpoint takes no query parameters"
+					if len(allowed) > 0 {
+						reason = "this endpoint takes only " + strings.Join(allowed, ", ")
+					}
+					writeError(w, r, &fieldError{name, "unknown query parameter; " + reason})
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// httpError is a refusal that only HTTP has words for: an unknown endpoint, a method a
+// path does not serve, a body on a GET.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+// errorBody is the one shape every HTTP error has:
+// {"error":{"code":400,"message":"...","fields":[{"field":"status","reason":"..."}]}}.
+type errorBody struct {
+	Error struct {
+		Code    int         `json:"code"`
+		Message string      `json:"message"`
+		Fields  []fieldJSON `json:"fields,omitempty"`
+	} `json:"error"`
+}
+
+type fieldJSON struct {
+	Field  string `json:"field"`
+	Reason string `json:"reason"`
+}
+
+// writeError answers err as JSON with the status it maps to. This is the one place an
+// error becomes an HTTP status: validation problems are 400 naming each field, a missing
+// event 404, refused keys 401, 403 or 429 with the headers those need, and anything
+// unexpected 500 with a generic message, its cause going only to the access log.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var body errorBody
+	status, msg := http.StatusInternalServerError, "internal error"
+	var ae *authError
+	var he *httpError
+	var nf *notFoundError
+	switch {
+	case errors.As(err, &ae):
+		status, msg = http.StatusUnauthorized, ae.msg
+		switch ae.kind {
+		case authForbidden:
+			status = http.StatusForbidden
+		case authThrottled:
+			status = http.StatusTooManyRequests
+			w.Header().Set("Retry-After", strconv.Itoa(int(ae.retryAfter.Seconds()+0.999)))
+		default:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="liveops"`)
+		}
+	case errors.As(err, &he):
+		status, msg = he.status, he.msg
+	case fieldProblems(err) != nil:
+		status, msg = http.StatusBadRequest, err.Error()
+		for _, fe := range fieldProblems(err) {
+			body.Error.Fields = append(body.Error.Fields, fieldJSON{fe.Field, fe.Reason})
+		}
+	case errors.As(err, &nf):
+		status, msg = http.StatusNotFound, nf.msg
+	case errors.Is(err, errBusy), errors.Is(err, errReadOnly):
+		status, msg = http.StatusServiceUnavailable, "the database is unavailable; retry shortly"
+	}
+	if status == http.StatusInternalServerError {
+		noteReason(r.Context(), err.Error())
+	} else {
+		noteReason(r.Context(), msg)
+	}
+	body.Error.Code, body.Error.Message = status, msg
+	writeJSON(w, status, body)
 }
 
 // writeJSON writes v as a JSON response with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // the body is JSON, not HTML: keep <, > and & readable
-	if err := enc.Encode(v); err != nil {
-		// Only a programming error gets here: every value written is a plain struct.
-		http.Error(w, `{"error":{"code":500,"message":"internal error"}}`, http.StatusInternalServerError)
-		return
-	}
+	b := append(marshalJSON(v), '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	w.Write(buf.Bytes())
-}
-
-// writeError writes the one error shape every HTTP error uses:
-// {"error":{"code":N,"message":"..."}}.
-func writeError(w http.ResponseWriter, status int, msg string) {
-	type errorBody struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	}
-	writeJSON(w, status, struct {
-		Error errorBody `json:"error"`
-	}{errorBody{status, msg}})
+	w.Write(b)
 }

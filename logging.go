@@ -1,11 +1,11 @@
 package main
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -66,33 +66,11 @@ func (o *logOutput) flushLocked() error {
 
 // logger bundles the application's slog.Logger with the access log, which formats its
 // fixed-shape lines itself, in the same text or JSON form as slog, without slog's per-call
-// cost.
+// cost (see BenchmarkAccessLog).
 type logger struct {
 	*slog.Logger
 	out  *logOutput
 	json bool
-	// second caches the formatted date and time of the current second, the part of every
-	// access-log timestamp that rarely changes.
-	second atomic.Pointer[formattedSecond]
-}
-
-type formattedSecond struct {
-	unix   int64
-	prefix []byte // 2006-01-02T15:04:05
-}
-
-// appendTime appends t in UTC as slog does, 2006-01-02T15:04:05.000Z, formatting the
-// date and time only once a second.
-func (l *logger) appendTime(b []byte, t time.Time) []byte {
-	t = t.UTC()
-	sec := l.second.Load()
-	if sec == nil || sec.unix != t.Unix() {
-		sec = &formattedSecond{unix: t.Unix(), prefix: t.AppendFormat(nil, "2006-01-02T15:04:05")}
-		l.second.Store(sec)
-	}
-	b = append(b, sec.prefix...)
-	ms := t.Nanosecond() / int(time.Millisecond)
-	return append(b, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10), 'Z')
 }
 
 func newLogger(format string, w io.Writer) *logger {
@@ -106,52 +84,114 @@ func newLogger(format string, w io.Writer) *logger {
 	return l
 }
 
-// accessLinePool holds line buffers, so that logging a request allocates nothing.
-var accessLinePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+// accessNote collects, while a request is served, what its access-log line says beyond
+// its status: the key that called and, for a refusal, why.
+type accessNote struct {
+	keyID, keyName string
+	reason         string
+}
 
-// access logs one request that ended at end: protocol, method (an HTTP method, or "POST"
-// for gRPC), path or RPC name, status (an HTTP status or a gRPC code), how long it took, and
-// the id of the key that authenticated it (never the key). path is redacted of anything
-// that looks like a key.
-func (l *logger) access(end time.Time, proto, method, path, status string, took time.Duration, keyID string) {
-	bp := accessLinePool.Get().(*[]byte)
-	b := (*bp)[:0]
+type noteKey struct{}
+
+// withNote returns ctx carrying a new, empty note for the access log.
+func withNote(ctx context.Context) (context.Context, *accessNote) {
+	n := new(accessNote)
+	return context.WithValue(ctx, noteKey{}, n), n
+}
+
+// noteCaller records in ctx's note which key made the request.
+func noteCaller(ctx context.Context, k *keyEntry) {
+	if n, ok := ctx.Value(noteKey{}).(*accessNote); ok {
+		n.keyID, n.keyName = k.ID, k.Name
+	}
+}
+
+// noteReason records in ctx's note why the request was refused or failed.
+func noteReason(ctx context.Context, reason string) {
+	if n, ok := ctx.Value(noteKey{}).(*accessNote); ok {
+		n.reason = reason
+	}
+}
+
+// accessEntry is one access-log line: an HTTP request, or a gRPC call (proto "grpc", the
+// full method name as path, and code instead of status).
+type accessEntry struct {
+	end    time.Time
+	took   time.Duration
+	proto  string
+	method string // HTTP only
+	path   string
+	status int    // HTTP only
+	code   string // gRPC only: the status code's name
+	failed bool   // a server-side failure (5xx, INTERNAL): logged at level ERROR
+	accessNote
+}
+
+// access logs one request. Its time is local, with milliseconds, as slog writes times;
+// the path is redacted of anything that looks like a key; the key is named by id and name,
+// never by its text.
+func (l *logger) access(e *accessEntry) {
+	level := "INFO"
+	if e.failed {
+		level = "ERROR"
+	}
+	b := make([]byte, 0, 256)
+	field := func(name string) {
+		if l.json {
+			b = append(b, ',', '"')
+			b = append(b, name...)
+			b = append(b, '"', ':')
+		} else {
+			b = append(b, ' ')
+			b = append(b, name...)
+			b = append(b, '=')
+		}
+	}
+	str := func(name, v string) {
+		field(name)
+		if l.json {
+			b = appendJSONString(b, v)
+		} else {
+			b = appendTextValue(b, v)
+		}
+	}
 	if l.json {
 		b = append(b, `{"time":"`...)
-		b = l.appendTime(b, end)
-		b = append(b, `","level":"INFO","msg":"request","proto":`...)
-		b = appendJSONString(b, proto)
-		b = append(b, `,"method":`...)
-		b = appendJSONString(b, method)
-		b = append(b, `,"path":`...)
-		b = appendJSONString(b, redactKeys(path))
-		b = append(b, `,"status":`...)
-		b = appendJSONString(b, status)
-		b = append(b, `,"duration_us":`...)
-		b = strconv.AppendInt(b, took.Microseconds(), 10)
-		b = append(b, `,"key_id":`...)
-		b = appendJSONString(b, keyID)
-		b = append(b, "}\n"...)
+		b = e.end.AppendFormat(b, time.RFC3339[:19]+".000Z07:00")
+		b = append(b, `","level":"`...)
+		b = append(b, level...)
+		b = append(b, `","msg":"request"`...)
 	} else {
 		b = append(b, "time="...)
-		b = l.appendTime(b, end)
-		b = append(b, " level=INFO msg=request proto="...)
-		b = appendTextValue(b, proto)
-		b = append(b, " method="...)
-		b = appendTextValue(b, method)
-		b = append(b, " path="...)
-		b = appendTextValue(b, redactKeys(path))
-		b = append(b, " status="...)
-		b = appendTextValue(b, status)
-		b = append(b, " duration_us="...)
-		b = strconv.AppendInt(b, took.Microseconds(), 10)
-		b = append(b, " key_id="...)
-		b = appendTextValue(b, keyID)
-		b = append(b, '\n')
+		b = e.end.AppendFormat(b, time.RFC3339[:19]+".000Z07:00")
+		b = append(b, " level="...)
+		b = append(b, level...)
+		b = append(b, " msg=request"...)
 	}
-	l.out.writeBuffered(b)
-	*bp = b
-	accessLinePool.Put(bp)
+	str("proto", e.proto)
+	if e.method != "" {
+		str("method", e.method)
+	}
+	str("path", redactKeys(e.path))
+	if e.code != "" {
+		str("code", e.code)
+	} else {
+		field("status")
+		b = strconv.AppendInt(b, int64(e.status), 10)
+	}
+	field("duration_ms")
+	b = strconv.AppendFloat(b, float64(e.took.Microseconds())/1000, 'f', 3, 64)
+	if e.keyID != "" {
+		str("key_id", e.keyID)
+		str("key_name", e.keyName)
+	}
+	if e.reason != "" {
+		str("error", redactKeys(e.reason))
+	}
+	if l.json {
+		b = append(b, '}')
+	}
+	l.out.writeBuffered(append(b, '\n'))
 }
 
 // appendTextValue appends s as slog's text handler would: bare when it is a plain token,
@@ -197,20 +237,4 @@ func appendJSONString(b []byte, s string) []byte {
 		i += size
 	}
 	return append(b, '"')
-}
-
-// httpStatusText holds the status codes as strings, so that logging one allocates nothing.
-var httpStatusText = func() map[int]string {
-	m := map[int]string{}
-	for code := 100; code < 600; code++ {
-		m[code] = strconv.Itoa(code)
-	}
-	return m
-}()
-
-func statusString(code int) string {
-	if s, ok := httpStatusText[code]; ok {
-		return s
-	}
-	return strconv.Itoa(code)
 }

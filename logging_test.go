@@ -12,17 +12,22 @@ import (
 func TestAccessLogLines(t *testing.T) {
 	end := time.Date(2026, 3, 1, 12, 0, 5, 123456789, time.UTC)
 	nasty := "/events/\"x\" level=ERROR\nmsg=forged\x00\xff"
+	entry := func() *accessEntry {
+		return &accessEntry{end: end, took: 1500 * time.Microsecond, proto: "HTTP/1.1", method: "GET", path: nasty, status: 404,
+			accessNote: accessNote{keyID: "abc123", keyName: "game client", reason: "no event with id x"}}
+	}
 	t.Run("json", func(t *testing.T) {
 		var out bytes.Buffer
 		l := newLogger("json", &out)
-		l.access(end, "HTTP/1.1", "GET", nasty, "404", 1500*time.Microsecond, "abc123")
+		l.access(entry())
 		l.out.Flush()
 		var rec map[string]any
 		if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
 			t.Fatalf("not one JSON object: %v\n%s", err, out.String())
 		}
 		want := map[string]any{"time": "2026-03-01T12:00:05.123Z", "level": "INFO", "msg": "request", "proto": "HTTP/1.1",
-			"method": "GET", "path": "/events/\"x\" level=ERROR\nmsg=forged\x00\ufffd", "status": "404", "duration_us": 1500.0, "key_id": "abc123"}
+			"method": "GET", "path": "/events/\"x\" level=ERROR\nmsg=forged\x00\ufffd", "status": 404.0, "duration_ms": 1.5,
+			"key_id": "abc123", "key_name": "game client", "error": "no event with id x"}
 		for k, v := range want {
 			if rec[k] != v {
 				t.Errorf("%s = %#v; want %#v", k, rec[k], v)
@@ -32,7 +37,9 @@ func TestAccessLogLines(t *testing.T) {
 	t.Run("text", func(t *testing.T) {
 		var out bytes.Buffer
 		l := newLogger("text", &out)
-		l.access(end, "HTTP/1.1", "GET", nasty, "404", 1500*time.Microsecond, "")
+		e := entry()
+		e.accessNote = accessNote{}
+		l.access(e)
 		l.out.Flush()
 		line := out.String()
 		// The path is one quoted value, so it cannot add fields or lines of its own.
@@ -40,8 +47,22 @@ func TestAccessLogLines(t *testing.T) {
 			t.Fatalf("a client-chosen path is not quoted as one value: %q", line)
 		}
 		if !strings.HasPrefix(line, "time=2026-03-01T12:00:05.123Z level=INFO msg=request proto=HTTP/1.1 method=GET path=\"") ||
-			!strings.HasSuffix(line, " status=404 duration_us=1500 key_id=\"\"\n") {
+			!strings.HasSuffix(line, " status=404 duration_ms=1.500\n") {
 			t.Fatalf("line = %q", line)
+		}
+	})
+	t.Run("grpc failure", func(t *testing.T) {
+		var out bytes.Buffer
+		l := newLogger("json", &out)
+		l.access(&accessEntry{end: end, proto: "grpc", path: "/liveops.v1.EventService/GetEvent", code: "Internal", failed: true,
+			accessNote: accessNote{reason: "get event: disk I/O error"}})
+		l.out.Flush()
+		var rec map[string]any
+		if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec["level"] != "ERROR" || rec["code"] != "Internal" || rec["error"] != "get event: disk I/O error" || rec["method"] != nil {
+			t.Fatalf("line = %s; want level ERROR, the code and the cause, and no HTTP method", out.String())
 		}
 	})
 }
@@ -49,7 +70,8 @@ func TestAccessLogLines(t *testing.T) {
 func TestAccessLogIsBatchedAndOrdered(t *testing.T) {
 	var out bytes.Buffer
 	l := newLogger("text", &out)
-	l.access(time.Now(), "HTTP/1.1", "GET", "/events", "200", time.Millisecond, "k1")
+	line := &accessEntry{end: time.Now(), proto: "HTTP/1.1", method: "GET", path: "/events", status: 200, took: time.Millisecond}
+	l.access(line)
 	if out.Len() != 0 {
 		t.Fatalf("an access line was written at once: %q", out.String())
 	}
@@ -62,6 +84,6 @@ func TestAccessLogIsBatchedAndOrdered(t *testing.T) {
 	// A full buffer is written without waiting for the flush.
 	out.Reset()
 	for out.Len() == 0 {
-		l.access(time.Now(), "HTTP/1.1", "GET", "/events", "200", time.Millisecond, "k1")
+		l.access(line)
 	}
 }

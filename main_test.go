@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -58,6 +60,7 @@ type process struct {
 	cmd    *exec.Cmd
 	addr   string
 	stderr *bytes.Buffer // everything it printed to stderr, guarded by mu
+	stdout *bytes.Buffer // and to stdout, guarded by mu
 	mu     *sync.Mutex
 	exited chan error
 }
@@ -71,10 +74,11 @@ func startProcess(t *testing.T, args ...string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := &process{cmd: cmd, stderr: &bytes.Buffer{}, stdout: &bytes.Buffer{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
+	cmd.Stdout = lockedWriter{p.mu, p.stdout}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: cmd, stderr: &bytes.Buffer{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
 	addrc := make(chan string, 1)
 	scanDone := make(chan struct{})
 	go func() {
@@ -105,6 +109,25 @@ func startProcess(t *testing.T, args ...string) *process {
 	return p
 }
 
+// lockedWriter writes to w under mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// stdoutText returns what the process printed to stdout so far.
+func (p *process) stdoutText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stdout.String()
+}
+
 func (p *process) output() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -113,19 +136,38 @@ func (p *process) output() string {
 
 func TestBinaryBootstrapsKeysAndStopsOnSIGTERM(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "liveops.db")
-	p := startProcess(t, "-db", db)
 
-	out := p.output()
-	if !strings.Contains(out, "will not be shown again") {
-		t.Fatalf("no bootstrap notice on stderr:\n%s", out)
+	// A start that cannot take its port fails before making any keys, so none are lost.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	user := regexp.MustCompile(`lo_user_\w+`).FindString(out)
-	admin := regexp.MustCompile(`lo_admin_\w+`).FindString(out)
-	if user == "" || admin == "" {
+	defer taken.Close()
+	failed := exec.Command(buildBinary(t), "-addr", taken.Addr().String(), "-db", db)
+	if out, err := failed.CombinedOutput(); err == nil || strings.Contains(string(out), "lo_") {
+		t.Fatalf("start on a taken port: %v\n%s\nwant a failure that prints no keys", err, out)
+	}
+
+	p := startProcess(t, "-db", db)
+	// stdout reaches the test through a pipe of its own, so it may trail the log.
+	waitFor(t, func() bool { return strings.Contains(p.stdoutText(), "LIVEOPS_ADMIN_KEY=") })
+	out := p.stdoutText()
+	if !strings.Contains(out, "shown only this once") {
+		t.Fatalf("no bootstrap notice on stdout:\n%s", out)
+	}
+	user := regexp.MustCompile(`LIVEOPS_USER_KEY=(lo_user_\w+)`).FindStringSubmatch(out)
+	admin := regexp.MustCompile(`LIVEOPS_ADMIN_KEY=(lo_admin_\w+)`).FindStringSubmatch(out)
+	if user == nil || admin == nil {
 		t.Fatalf("bootstrap keys not printed:\n%s", out)
 	}
+	// The log stays JSON and never holds a key.
+	for _, line := range strings.Split(strings.TrimSpace(p.output()), "\n") {
+		if !json.Valid([]byte(line)) || strings.Contains(line, "lo_") {
+			t.Fatalf("log line %q is not JSON or holds a key", line)
+		}
+	}
 	req, _ := http.NewRequest("GET", "http://"+p.addr+"/events", nil)
-	req.Header.Set("Authorization", "Bearer "+user)
+	req.Header.Set("Authorization", "Bearer "+user[1])
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +191,7 @@ func TestBinaryBootstrapsKeysAndStopsOnSIGTERM(t *testing.T) {
 
 	// A second start finds keys and creates none; the keys were printed only once.
 	p2 := startProcess(t, "-db", db)
-	if strings.Contains(p2.output(), "lo_") {
+	if strings.Contains(p2.output()+p2.stdoutText(), "lo_") {
 		t.Fatalf("a second start printed keys:\n%s", p2.output())
 	}
 }
@@ -229,5 +271,48 @@ func TestKeysCommands(t *testing.T) {
 	}
 	if bytes.Contains(fileBytes, []byte(key)) {
 		t.Fatal("the key text is in the database file")
+	}
+}
+
+func TestCommandLineForNewUsers(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	runBin := func(args ...string) (string, string, error) {
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command(bin, args...)
+		cmd.Env = []string{}
+		cmd.Dir = dir
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String(), stderr.String(), err
+	}
+	// Help that was asked for goes to stdout and is no failure.
+	for _, args := range [][]string{{"-h"}, {"keys", "-h"}, {"keys", "create", "-h"}, {"import", "-h"}} {
+		stdout, _, err := runBin(args...)
+		if err != nil || !strings.Contains(stdout, "usage:") {
+			t.Errorf("liveops %s: %v, stdout %q; want the usage on stdout and exit 0", strings.Join(args, " "), err, stdout)
+		}
+	}
+	if stdout, _, err := runBin("version"); err != nil || !strings.HasPrefix(stdout, "liveops ") {
+		t.Errorf("liveops version: %v, %q", err, stdout)
+	}
+	// Days are a unit for key lifetimes.
+	db := filepath.Join(dir, "keys.db")
+	_, stderr, err := runBin("keys", "create", "-role", "http_user", "-expires", "30d", "-db", db)
+	if err != nil {
+		t.Fatalf("keys create -expires 30d: %v %s", err, stderr)
+	}
+	// A database that did not exist is created, and the command says so.
+	if !strings.Contains(stderr, "did not exist") {
+		t.Errorf("keys create on a new database said only %q; want a note that it was created", stderr)
+	}
+	stdout, _, _ := runBin("keys", "list", "-db", db)
+	if f := strings.Fields(strings.Split(stdout, "\n")[1]); len(f) != 7 || !strings.HasPrefix(f[5], time.Now().Add(30*24*time.Hour).UTC().Format("2006-01-02")) {
+		t.Errorf("keys list after -expires 30d:\n%s", stdout)
+	}
+	// Errors are prefixed once.
+	_, stderr, err = runBin("keys", "revoke", "-db", db)
+	if err == nil || strings.Contains(stderr, "liveops: liveops") || !strings.Contains(stderr, "liveops: keys revoke: want 1 argument") {
+		t.Errorf("keys revoke without an id: %v, stderr %q", err, stderr)
 	}
 }

@@ -1,25 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
-	"fmt"
-	"io"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-
-	"liveops/eventspb"
 )
 
 // readModel answers every read from memory, so that players' polling never touches SQLite
@@ -30,25 +17,20 @@ import (
 // writes the snapshot has not seen (another process's, or a race between two of ours). The
 // events generation, bumped by every write in its transaction, tells which case applies.
 //
-// On top of the snapshot it caches the encoded GET /events answer, valid until the next
-// write or the next instant an event starts or ends.
+// It answers "which events, shown how, until when" and knows no wire format: encoding, and
+// caching what was encoded, is the transports' business.
 type readModel struct {
-	st  *store
-	now func() time.Time
-	log *logger
+	st    *store
+	now   func() time.Time
+	log   *logger
+	zones *zones
 
 	mu   sync.Mutex // serialises replacing snap
 	snap atomic.Pointer[snapshot]
-
-	activeMu sync.Mutex // serialises rebuilding active
-	active   atomic.Pointer[activeSet]
-
-	adminMu    sync.Mutex // serialises rebuilding adminFirst
-	adminFirst atomic.Pointer[adminPage]
 }
 
 func newReadModel(ctx context.Context, st *store, now func() time.Time, log *logger) (*readModel, error) {
-	rm := &readModel{st: st, now: now, log: log}
+	rm := &readModel{st: st, now: now, log: log, zones: new(zones)}
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	if err := rm.load(ctx); err != nil {
@@ -63,7 +45,7 @@ func (rm *readModel) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rm.snap.Store(newSnapshot(gen, events, rm.now()))
+	rm.snap.Store(newSnapshot(gen, events, rm.now(), rm.zones))
 	return nil
 }
 
@@ -113,8 +95,8 @@ type entry struct {
 	end       time.Time // when its last occurrence ends; forever for an endless recurrence
 }
 
-func newEntry(e Event) *entry {
-	en := &entry{Event: e, sched: newSchedule(&e)}
+func newEntry(e Event, z *zones) *entry {
+	en := &entry{Event: e, sched: newSchedule(&e, z)}
 	en.firstSeen = en.Start.Add(-en.sched.lead)
 	en.end = en.sched.seriesEnd()
 	return en
@@ -122,8 +104,16 @@ func newEntry(e Event) *entry {
 
 func (e *entry) viewAt(t time.Time) view { return e.Event.viewAt(&e.sched, t) }
 
+// viewOf works out how e, which need not be in any snapshot (an event just written, say),
+// stands at t.
+func (rm *readModel) viewOf(e Event, t time.Time) view {
+	sched := newSchedule(&e, rm.zones)
+	return e.viewAt(&sched, t)
+}
+
 // snapshot is every event at one events generation. It is never modified.
 type snapshot struct {
+	zones   *zones // shared by every snapshot of one read model
 	gen     int64
 	builtAt time.Time // open holds every event not ended at this instant
 	ordered []*entry  // every event in list order: priority (highest first), start time, id
@@ -155,10 +145,10 @@ func openOrder(a, b *entry) int {
 
 func isOpen(e *entry, now time.Time) bool { return e.State != stateDraft && e.end.After(now) }
 
-func newSnapshot(gen int64, events []Event, now time.Time) *snapshot {
-	s := &snapshot{gen: gen, builtAt: now, ordered: make([]*entry, len(events))}
+func newSnapshot(gen int64, events []Event, now time.Time, z *zones) *snapshot {
+	s := &snapshot{zones: z, gen: gen, builtAt: now, ordered: make([]*entry, len(events))}
 	for i := range events {
-		s.ordered[i] = newEntry(events[i])
+		s.ordered[i] = newEntry(events[i], z)
 	}
 	slices.SortFunc(s.ordered, listOrder)
 	s.byID = slices.Clone(s.ordered)
@@ -178,10 +168,10 @@ func (s *snapshot) with(gen int64, e *Event, deletedID string, now time.Time) *s
 	id := deletedID
 	var added *entry
 	if e != nil {
-		id, added = e.ID, newEntry(*e)
+		id, added = e.ID, newEntry(*e, s.zones)
 	}
 	old, _ := s.get(id)
-	next := &snapshot{gen: gen, builtAt: now,
+	next := &snapshot{zones: s.zones, gen: gen, builtAt: now,
 		ordered: edit(s.ordered, old, added, listOrder),
 		byID:    edit(s.byID, old, added, byIDOnly),
 	}
@@ -319,141 +309,6 @@ func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time)
 	return out, until
 }
 
-// playerListBody encodes a GET /events answer: {"server_time":...,"events":[...]}. It
-// returns the body and the events array alone, from which the ETag is made.
-func playerListBody(t time.Time, events []shown) (body, eventsJSON []byte) {
-	var buf bytes.Buffer
-	buf.WriteString(`{"server_time":"`)
-	buf.Write(t.UTC().AppendFormat(nil, time.RFC3339))
-	buf.WriteString(`","events":`)
-	start := buf.Len()
-	buf.WriteByte('[')
-	for i, s := range events {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(mustJSON(toJSON(s.e.Event, s.v)))
-	}
-	buf.WriteByte(']')
-	end := buf.Len()
-	buf.WriteString("}\n")
-	b := buf.Bytes()
-	return b, b[start:end]
-}
-
-func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(fmt.Sprintf("encode %T: %v", v, err)) // plain structs of strings, numbers and times
-	}
-	return b
-}
-
-// activeSet is the default GET /events answer (active events, no filter) for one second of
-// server time, at most, and only while nothing in it changes.
-type activeSet struct {
-	gen         int64     // the snapshot it was made from
-	second      int64     // the server_time it carries, in Unix seconds
-	from, until time.Time // valid for from <= now < until
-	resp        *cachedResponse
-}
-
-func (a *activeSet) validAt(gen int64, now time.Time) bool {
-	return a != nil && a.gen == gen && a.second == now.Unix() && !now.Before(a.from) && now.Before(a.until)
-}
-
-// activeAt returns the default GET /events answer at now, from cache when it is still valid.
-func (rm *readModel) activeAt(now time.Time) *activeSet {
-	snap := rm.snap.Load()
-	if a := rm.active.Load(); a.validAt(snap.gen, now) {
-		return a
-	}
-	rm.activeMu.Lock()
-	defer rm.activeMu.Unlock()
-	snap = rm.snap.Load()
-	if a := rm.active.Load(); a.validAt(snap.gen, now) {
-		return a // another request rebuilt it while this one waited
-	}
-	events, until := snap.playerEvents(now, playerQuery{})
-	body, tagged := playerListBody(now, events)
-	a := &activeSet{gen: snap.gen, second: now.Unix(), from: now, until: until, resp: newCachedResponse(body, tagged)}
-	rm.active.Store(a)
-	return a
-}
-
-// forever stands for "no boundary ahead".
-var forever = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
-}
-
-// cachedResponse is a JSON body ready to send, with the headers that describe it, made
-// once; its gzip form is made on the first request that accepts gzip.
-type cachedResponse struct {
-	body   []byte
-	etag   []string // header values, made once so a request allocates nothing
-	length []string
-	tag    string // the ETag without quotes
-
-	gzOnce sync.Once
-	gz     *gzipped // nil when compression would not pay
-}
-
-type gzipped struct {
-	body         []byte
-	etag, length []string
-}
-
-// minGzipSize is the body size below which gzip is not worth its header and CPU.
-const minGzipSize = 1024
-
-// newCachedResponse prepares body for sending. Its ETag is made from tagged, the part of
-// the body that says something about the events: everything but server_time, which
-// differs from second to second. The ETag is weak for that reason: two bodies with one
-// ETag are equivalent, not byte for byte the same.
-func newCachedResponse(body, tagged []byte) *cachedResponse {
-	sum := sha256.Sum256(tagged)
-	tag := base64.RawURLEncoding.EncodeToString(sum[:18])
-	return &cachedResponse{
-		body:   body,
-		etag:   []string{`W/"` + tag + `"`},
-		length: []string{strconv.Itoa(len(body))},
-		tag:    tag,
-	}
-}
-
-// gzipWriters are reused: a gzip.Writer holds hundreds of kilobytes of state.
-var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(io.Discard) }}
-
-// gzipped returns the gzip form of the body, or nil when the body is too small to gain.
-func (c *cachedResponse) gzipped() *gzipped {
-	c.gzOnce.Do(func() {
-		if len(c.body) < minGzipSize {
-			return
-		}
-		var buf bytes.Buffer
-		zw := gzipWriters.Get().(*gzip.Writer)
-		zw.Reset(&buf)
-		zw.Write(c.body)
-		zw.Close()
-		gzipWriters.Put(zw)
-		if buf.Len() >= len(c.body) {
-			return
-		}
-		c.gz = &gzipped{
-			body: buf.Bytes(),
-			// A strong ETag names one representation, so the gzip form gets its own.
-			etag:   []string{`W/"` + c.tag + `-gz"`},
-			length: []string{strconv.Itoa(buf.Len())},
-		}
-	})
-	return c.gz
-}
-
 // adminQuery is a checked ListEvents request.
 type adminQuery struct {
 	pageSize int
@@ -464,11 +319,6 @@ type adminQuery struct {
 	at       time.Time // zero for now
 	filter   string    // identifies the filters, so a token is used only with its own
 }
-
-const (
-	defaultPageSize = 100
-	maxPageSize     = 1000
-)
 
 func (q adminQuery) isDefault() bool {
 	return q.pageSize == defaultPageSize && q.after == nil && q.statuses == 0 && len(q.labels) == 0 && q.state == "" && q.at.IsZero()
@@ -482,16 +332,6 @@ type pageKey struct {
 	Start    int64  `json:"s"`
 	ID       string `json:"i"`
 	Filter   string `json:"f"`
-}
-
-func (k *pageKey) token() string { return encodeToken(k) }
-
-func parsePageToken(s string) (*pageKey, error) {
-	var k pageKey
-	if err := decodeToken(s, &k); err != nil || !validID(k.ID) {
-		return nil, &fieldError{"page_token", "is not a token this server issued"}
-	}
-	return &k, nil
 }
 
 func (q adminQuery) matches(e *entry, v view) bool {
@@ -532,55 +372,4 @@ func (s *snapshot) adminPage(t time.Time, q adminQuery) ([]shown, *pageKey, time
 		out = append(out, shown{e, v})
 	}
 	return out, nil, until
-}
-
-// adminPage is the default ListEvents answer (first page, no filters), encoded, for as long
-// as no status or next start in it changes.
-type adminPage struct {
-	gen         int64
-	from, until time.Time
-	raw         []byte // a serialized ListEventsResponse
-}
-
-// firstPage returns the default ListEvents answer at now. Its events ride pre-encoded in the
-// message's raw (unknown) field bytes, which the server's codec sends as they are: a call
-// costs neither encoding nor a copy. In this process GetEvents of the message is empty: it
-// is for the wire only.
-func (rm *readModel) firstPage(now time.Time) *eventspb.ListEventsResponse {
-	snap := rm.snap.Load()
-	valid := func(p *adminPage) bool {
-		return p != nil && p.gen == snap.gen && !now.Before(p.from) && now.Before(p.until)
-	}
-	p := rm.adminFirst.Load()
-	if !valid(p) {
-		rm.adminMu.Lock()
-		snap = rm.snap.Load()
-		if p = rm.adminFirst.Load(); !valid(p) {
-			events, next, until := snap.adminPage(now, adminQuery{pageSize: defaultPageSize, filter: defaultFilter})
-			raw, err := proto.Marshal(listResponse(events, next))
-			if err != nil {
-				panic(fmt.Sprintf("encode ListEventsResponse: %v", err)) // generated messages always encode
-			}
-			p = &adminPage{gen: snap.gen, from: now, until: until, raw: raw}
-			rm.adminFirst.Store(p)
-		}
-		rm.adminMu.Unlock()
-	}
-	resp := &eventspb.ListEventsResponse{}
-	resp.ProtoReflect().SetUnknown(protoreflect.RawFields(p.raw))
-	return resp
-}
-
-// defaultFilter identifies "no filters" in page tokens.
-const defaultFilter = "-"
-
-func listResponse(events []shown, next *pageKey) *eventspb.ListEventsResponse {
-	resp := &eventspb.ListEventsResponse{Events: make([]*eventspb.Event, len(events))}
-	for i, s := range events {
-		resp.Events[i] = toProto(s.e.Event, s.v)
-	}
-	if next != nil {
-		resp.NextPageToken = next.token()
-	}
-	return resp
 }

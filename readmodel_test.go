@@ -47,7 +47,7 @@ func write(t *testing.T, st *store, rm *readModel, title string, start, end time
 	if err := e.validate(); err != nil {
 		t.Fatal(err)
 	}
-	got, gen, err := st.CreateEvent(context.Background(), e, "", nil, "test")
+	got, gen, err := st.CreateEvent(context.Background(), e, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestActiveWindowBoundaries(t *testing.T) {
 	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "window", t0, t0.Add(time.Hour))
-	h := handleEvents(rm, false)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), false)
 
 	tests := []struct {
 		name   string
@@ -117,7 +117,7 @@ func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "now", t0.Add(-time.Hour), t0.Add(time.Hour))
 	write(t, st, rm, "soon", t0.Add(10*time.Minute), t0.Add(2*time.Hour))
-	h := handleEvents(rm, false)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), false)
 
 	resp := getEvents(t, h, nil)
 	if got := activeTitles(t, resp); got != "now" {
@@ -153,7 +153,7 @@ func TestActiveOrdering(t *testing.T) {
 	if tie.ID < late.ID {
 		want = "early,tie,late"
 	}
-	if got := activeTitles(t, getEvents(t, handleEvents(rm, false), nil)); got != want {
+	if got := activeTitles(t, getEvents(t, handleEvents(rm, newAnswerCache(16, 1<<20), false), nil)); got != want {
 		t.Fatalf("GET /events order = %s; want %s (start time, then id)", got, want)
 	}
 }
@@ -161,7 +161,7 @@ func TestActiveOrdering(t *testing.T) {
 func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
-	h := handleEvents(rm, false)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), false)
 	if got := activeTitles(t, getEvents(t, h, nil)); got != "" {
 		t.Fatalf("empty database: %q", got)
 	}
@@ -170,7 +170,7 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 		t.Fatalf("after a create: %q; want new", got)
 	}
 
-	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", t0, false, "test", func(u *Event) error { u.Title = "renamed"; return nil })
+	upd, gen, err := st.UpdateEvent(context.Background(), e.ID, "", func(u *Event) error { u.Title = "renamed"; return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 		t.Fatalf("after an update: %q; want renamed", got)
 	}
 
-	gen, err = st.DeleteEvent(context.Background(), e.ID, "", t0, "test")
+	gen, err = st.DeleteEvent(context.Background(), e.ID, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 
 	// Another process writes: the read model hears nothing until refresh.
 	e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
-	_, theirGen, err := st.CreateEvent(context.Background(), e, "", nil, "test")
+	_, theirGen, err := st.CreateEvent(context.Background(), e, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 
 	// A write elsewhere with no write of ours after it is found by refresh.
 	e.ID = newID()
-	if _, _, err := st.CreateEvent(context.Background(), e, "", nil, "test"); err != nil {
+	if _, _, err := st.CreateEvent(context.Background(), e, ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := rm.refresh(context.Background()); err != nil {
@@ -236,13 +236,13 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 	for i, id := range ids {
 		switch i % 3 {
 		case 0:
-			gen, err := st.DeleteEvent(ctx, id, "", t0, "test")
+			gen, err := st.DeleteEvent(ctx, id, "")
 			if err != nil {
 				t.Fatal(err)
 			}
 			rm.applied(ctx, gen, nil, id)
 		case 1:
-			upd, gen, err := st.UpdateEvent(ctx, id, "", t0, false, "test", func(u *Event) error {
+			upd, gen, err := st.UpdateEvent(ctx, id, "", func(u *Event) error {
 				u.Start = u.Start.Add(-90 * time.Minute)
 				return nil
 			})
@@ -253,7 +253,7 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 		}
 	}
 	events, gen, _ := st.Events(ctx)
-	want := newSnapshot(gen, events, c.now())
+	want := newSnapshot(gen, events, c.now(), nil)
 	got := rm.snapshot()
 	same := func(a, b []*entry) bool {
 		if len(a) != len(b) {
@@ -278,7 +278,7 @@ func TestConditionalRequestsAndCaching(t *testing.T) {
 	for range 10 { // enough to be worth compressing
 		write(t, st, rm, "a festival with a reasonably long title", t0.Add(-time.Hour), t0.Add(20*time.Second))
 	}
-	h := handleEvents(rm, false)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), false)
 
 	resp := getEvents(t, h, nil)
 	etag := resp.Header.Get("ETag")
@@ -357,7 +357,7 @@ func TestListEventsComesFromTheSnapshot(t *testing.T) {
 	}
 	// Change a row behind the server's back, without the generation bump every write makes:
 	// reads that came from SQLite would see it; reads from the snapshot do not.
-	st, err := openStore(context.Background(), ts.db)
+	st, err := openStore(context.Background(), ts.db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,14 +378,14 @@ func TestServerSeesAnotherProcessWrite(t *testing.T) {
 		t.Fatalf("before: %s", body)
 	}
 	// A second connection pool on the same file writes, as another process would.
-	other, err := openStore(context.Background(), ts.db)
+	other, err := openStore(context.Background(), ts.db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
 	now := time.Now().UTC()
 	e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: now, UpdatedAt: now}
-	if _, _, err := other.CreateEvent(context.Background(), e, "", nil, "test"); err != nil {
+	if _, _, err := other.CreateEvent(context.Background(), e, ""); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {

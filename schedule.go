@@ -49,7 +49,7 @@ func (r *Recurrence) validate(d time.Duration, start time.Time) error {
 		r.TimeZone = "UTC"
 	}
 	// "Local" loads too, but means whatever zone the host computing it is in.
-	if loc, err := loadLocation(r.TimeZone); err != nil || r.TimeZone == "Local" || loc.String() != r.TimeZone {
+	if loc, err := time.LoadLocation(r.TimeZone); err != nil || r.TimeZone == "Local" || loc.String() != r.TimeZone {
 		return &fieldError{"recurrence.time_zone", fmt.Sprintf("unknown time zone %q; want an IANA name such as Europe/Paris", r.TimeZone)}
 	}
 	if r.Count < 0 {
@@ -109,18 +109,31 @@ func (r Recurrence) nominalStepSeconds() int64 {
 	}
 }
 
-// locations caches loaded time zones: time.LoadLocation parses the zone data every call.
-var locations sync.Map // string -> *time.Location
+// zones caches loaded time zones, since time.LoadLocation parses the zone data on every
+// call and a snapshot builds a schedule for every recurring event. The read model owns
+// one; a nil *zones loads every time.
+type zones struct {
+	mu   sync.Mutex
+	locs map[string]*time.Location
+}
 
-func loadLocation(name string) (*time.Location, error) {
-	if loc, ok := locations.Load(name); ok {
-		return loc.(*time.Location), nil
+func (z *zones) load(name string) (*time.Location, error) {
+	if z == nil {
+		return time.LoadLocation(name)
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if loc, ok := z.locs[name]; ok {
+		return loc, nil
 	}
 	loc, err := time.LoadLocation(name)
 	if err != nil {
 		return nil, err
 	}
-	locations.Store(name, loc)
+	if z.locs == nil {
+		z.locs = map[string]*time.Location{}
+	}
+	z.locs[name] = loc
 	return loc, nil
 }
 
@@ -135,7 +148,8 @@ type schedule struct {
 	last     int       // index of the last occurrence, or -1 when unbounded
 }
 
-func newSchedule(e *Event) schedule {
+// newSchedule works out e's schedule, loading its time zone from z.
+func newSchedule(e *Event, z *zones) schedule {
 	s := schedule{rec: e.Recurrence, start: e.Start, duration: e.End.Sub(e.Start), last: 0}
 	if !e.Preview.IsZero() {
 		s.lead = e.Start.Sub(e.Preview)
@@ -143,7 +157,7 @@ func newSchedule(e *Event) schedule {
 	if !s.rec.repeats() {
 		return s
 	}
-	loc, err := loadLocation(s.rec.TimeZone)
+	loc, err := z.load(s.rec.TimeZone)
 	if err != nil {
 		loc = time.UTC // validated on write; a zone that vanished from tzdata falls back
 	}
@@ -326,4 +340,14 @@ func (s *schedule) seriesEnd() time.Time {
 		return forever
 	}
 	return s.startOf(s.last).Add(s.duration)
+}
+
+// forever stands for "no boundary ahead".
+var forever = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"testing"
 	"time"
 )
@@ -73,7 +72,7 @@ func TestOccurrences(t *testing.T) {
 			if e.Recurrence.TimeZone == "" {
 				e.Recurrence.TimeZone = "UTC"
 			}
-			s := newSchedule(e)
+			s := newSchedule(e, nil)
 			for k, w := range tt.want {
 				want := utc(t, w)
 				if got := s.startOf(k); !got.Equal(want) {
@@ -95,7 +94,7 @@ func TestRecurrenceLimits(t *testing.T) {
 	start := utc(t, "2026-05-01T18:00:00Z")
 	daily := func(r Recurrence) *schedule {
 		r.Interval, r.Unit, r.TimeZone = 1, unitDaily, "UTC"
-		s := newSchedule(&Event{Start: start, End: start.Add(2 * time.Hour), Recurrence: r})
+		s := newSchedule(&Event{Start: start, End: start.Add(2 * time.Hour), Recurrence: r}, nil)
 		return &s
 	}
 	tests := []struct {
@@ -139,7 +138,7 @@ func TestViewAt(t *testing.T) {
 	start := utc(t, "2026-05-01T18:00:00Z")
 	e := &Event{Start: start, End: start.Add(2 * time.Hour), Preview: start.Add(-6 * time.Hour), State: statePublished,
 		Recurrence: Recurrence{Interval: 1, Unit: unitDaily, TimeZone: "UTC", Count: 3}}
-	s := newSchedule(e)
+	s := newSchedule(e, nil)
 	day := 24 * time.Hour
 	tests := []struct {
 		name       string
@@ -182,7 +181,7 @@ func TestViewAt(t *testing.T) {
 		t.Fatalf("a draft at its start: %+v; want active for admins, invisible to players", v)
 	}
 	plain := &Event{Start: start, End: start.Add(time.Hour), State: statePublished}
-	ps := newSchedule(plain)
+	ps := newSchedule(plain, nil)
 	if v := plain.viewAt(&ps, start.Add(-time.Minute)); v.visible || v.status != statusUpcoming || !v.until.Equal(start) || !v.nextStart.Equal(start) {
 		t.Fatalf("an unpreviewed event before its start: %+v; want upcoming, invisible until it starts", v)
 	}
@@ -220,11 +219,11 @@ func TestRecurrenceValidation(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := Event{Title: "t", Start: start, End: start.Add(tt.duration), Recurrence: tt.rec}
 			err := e.validate()
-			var fe *fieldError
+			probs := fieldProblems(err)
 			switch {
 			case tt.field == "" && err != nil:
 				t.Fatalf("validate = %v; want nil", err)
-			case tt.field != "" && (!errors.As(err, &fe) || fe.Field != tt.field):
+			case tt.field != "" && (len(probs) != 1 || probs[0].Field != tt.field):
 				t.Fatalf("validate = %v; want a %s error", err, tt.field)
 			}
 			if tt.field == "" && e.Recurrence.TimeZone == "" {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,44 +20,45 @@ import (
 	"liveops/eventspb"
 )
 
-// startClockedServer serves the real handler stack on 127.0.0.1:0, built as run builds
-// it, but reading time from c.
+// startClockedServer serves on 127.0.0.1:0 through serve, as run does, but with every
+// clock in the server reading c.
 func startClockedServer(t *testing.T, c *clock, args ...string) *testServer {
 	t.Helper()
 	db := filepath.Join(t.TempDir(), "liveops.db")
-	st, err := openStore(context.Background(), db)
+	st, err := openStore(context.Background(), db, c.now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
 	user, _ := createTestKey(t, st, roleHTTPUser)
 	admin, _ := createTestKey(t, st, roleGRPCAdmin)
-	cfg, err := parseConfig(args, func(string) string { return "" }, io.Discard)
+	cfg, err := parseConfig(args, func(string) string { return "" }, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logSink{addrc: make(chan string, 1)}
-	log := newLogger("json", logs)
-	svc, err := newService(context.Background(), st, cfg, c.now, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := newHTTPServer(svc.handler, cfg.limits, log)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
+	logs := &logSink{addrc: make(chan string, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, st, c.now, newLogger("json", logs), ln) }()
+
+	ts := &testServer{addr: ln.Addr().String(), db: db, user: user, admin: admin, logs: logs}
+	var once sync.Once
+	var serveErr error
+	ts.stop = func() error {
+		once.Do(func() { cancel(); serveErr = <-done; st.Close() })
+		return serveErr
+	}
 	t.Cleanup(func() {
-		srv.Close()
-		svc.grpc.Stop()
+		if err := ts.stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
 		if t.Failed() {
-			log.out.Flush()
 			t.Logf("server log:\n%s", logs)
 		}
 	})
-
-	ts := &testServer{addr: ln.Addr().String(), db: db, user: user, admin: admin, logs: logs, stop: func() error { return srv.Close() }}
 	ts.dial(t)
 	return ts
 }

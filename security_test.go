@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -23,39 +24,39 @@ import (
 
 func TestEveryRouteAndRPCHasARole(t *testing.T) {
 	st := newTestStore(t)
-	kr, err := newKeyring(context.Background(), st, time.Now)
+	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &guard{keys: kr, limiter: newFailureLimiter(1, time.Minute, time.Minute, time.Now)}
-	log := newLogger("text", io.Discard)
-
-	rm, err := newReadModel(context.Background(), st, time.Now, log)
+	svc, err := newService(context.Background(), cfg, st, time.Now, newLogger("text", io.Discard))
 	if err != nil {
 		t.Fatal(err)
 	}
-	patterns := addRoutes(http.NewServeMux(), st, rm, g, false, log)
-	registered := map[string]bool{}
-	for _, p := range patterns {
-		registered[p] = true
-		if _, ok := routeRoles[p]; !ok {
-			t.Errorf("route %q has no entry in routeRoles", p)
+	// addRoutes panics on a route routeRoles does not list; the other way round, every
+	// entry of routeRoles must be a route the mux really serves.
+	mux := http.NewServeMux()
+	addRoutes(mux, &guard{}, st, svc.events, newAnswerCache(1, 1), false)
+	for pattern := range routeRoles {
+		method, path, ok := strings.Cut(pattern, " ")
+		if !ok {
+			method, path = "DELETE", pattern
 		}
-	}
-	for p := range routeRoles {
-		if !registered[p] {
-			t.Errorf("routeRoles names %q, which is not registered", p)
+		path = strings.ReplaceAll(path, "{id}", newID())
+		if path == "/" {
+			path = "/no/such/path"
+		}
+		if _, got := mux.Handler(httptest.NewRequest(method, path, nil)); got != pattern {
+			t.Errorf("routeRoles names %q, but %s %s is served by %q", pattern, method, path, got)
 		}
 	}
 
-	gs, _ := newGRPCServer(st, rm, g, 1<<20, time.Now, log)
 	methods := map[string]bool{}
-	for svc, info := range gs.GetServiceInfo() {
+	for name, info := range svc.grpc.GetServiceInfo() {
 		for _, m := range info.Methods {
-			name := "/" + svc + "/" + m.Name
-			methods[name] = true
-			if _, ok := rpcRoles[name]; !ok {
-				t.Errorf("RPC %s has no entry in rpcRoles", name)
+			method := "/" + name + "/" + m.Name
+			methods[method] = true
+			if _, ok := rpcRoles[method]; !ok {
+				t.Errorf("RPC %s has no entry in rpcRoles", method)
 			}
 		}
 	}
@@ -156,14 +157,23 @@ func TestFailedAuthIsThrottled(t *testing.T) {
 			t.Fatalf("bad key %d: %d; want 401", i+1, code)
 		}
 	}
-	// Now even a valid key from this address is refused, on both protocols.
-	code, hdr, body := ts.get(t, "/events", ts.user)
+	// Now bad keys from this address are refused before they are looked at, on both
+	// protocols...
+	code, hdr, body := ts.get(t, "/events", unknown)
 	if code != 429 || hdr.Get("Retry-After") == "" || !strings.Contains(string(body), "too many failed") {
-		t.Fatalf("valid key after 4 failures: %d %q %s; want 429 with Retry-After", code, hdr.Get("Retry-After"), body)
+		t.Fatalf("bad key after 4 failures: %d %q %s; want 429 with Retry-After", code, hdr.Get("Retry-After"), body)
 	}
-	_, err := ts.events.ListEvents(withKey(ts.admin), &eventspb.ListEventsRequest{})
+	_, err := ts.events.ListEvents(withKey("lo_admin_guess"), &eventspb.ListEventsRequest{})
 	if status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("gRPC after failures: %v; want RESOURCE_EXHAUSTED", err)
+		t.Fatalf("gRPC bad key after failures: %v; want RESOURCE_EXHAUSTED", err)
+	}
+	// ...but players with valid keys behind the same address (a carrier NAT, an office
+	// router) are never locked out by someone else's scan.
+	if code, _, body := ts.get(t, "/events", ts.user); code != 200 {
+		t.Fatalf("valid key from a throttled address: %d %s; want 200", code, body)
+	}
+	if _, err := ts.events.ListEvents(withKey(ts.admin), &eventspb.ListEventsRequest{}); err != nil {
+		t.Fatalf("valid admin key from a throttled address: %v", err)
 	}
 	// Public endpoints stay open.
 	if code, _, _ := ts.get(t, "/healthz", ""); code != 200 {
@@ -188,8 +198,22 @@ func TestGRPCFailedAuthIsThrottled(t *testing.T) {
 			t.Fatalf("bad key: %v", err)
 		}
 	}
-	if _, err := ts.events.ListEvents(withKey(ts.admin), &eventspb.ListEventsRequest{}); status.Code(err) != codes.ResourceExhausted {
+	_, err := ts.events.ListEvents(withKey("lo_admin_guess"), &eventspb.ListEventsRequest{})
+	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("after 3 failures with a limit of 2: %v; want RESOURCE_EXHAUSTED", err)
+	}
+	// The refusal says when to come back, as HTTP's Retry-After does.
+	var retry *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		if r, ok := d.(*errdetails.RetryInfo); ok {
+			retry = r
+		}
+	}
+	if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
+		t.Fatalf("RESOURCE_EXHAUSTED details = %v; want a RetryInfo with a delay", status.Convert(err).Details())
+	}
+	if _, err := ts.events.ListEvents(withKey(ts.admin), &eventspb.ListEventsRequest{}); err != nil {
+		t.Fatalf("a valid key from the throttled address: %v", err)
 	}
 }
 
@@ -214,11 +238,15 @@ func TestTwoKeysAreRefused(t *testing.T) {
 	}
 }
 
-func TestKeyInQueryStringIsIgnored(t *testing.T) {
+func TestKeyInQueryStringIsRefused(t *testing.T) {
 	ts := startServer(t)
 	for _, q := range []string{"key", "api_key", "apikey", "access_token", "token", "authorization"} {
-		if code, _, _ := ts.get(t, "/events?"+q+"="+ts.user, ""); code != 401 {
-			t.Errorf("key in ?%s= was accepted (%d)", q, code)
+		code, _, body := ts.get(t, "/events?"+q+"="+ts.user, "")
+		if code != 400 || !strings.Contains(string(body), q+": unknown query parameter") {
+			t.Errorf("key in ?%s=: %d %s; want 400 naming the parameter", q, code, body)
+		}
+		if strings.Contains(string(body), ts.user) {
+			t.Errorf("the key sent in ?%s= came back in the answer", q)
 		}
 	}
 }

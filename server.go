@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,171 +15,67 @@ import (
 	"google.golang.org/grpc/health"
 )
 
-// config is everything the server reads from its flags and environment.
-type config struct {
-	addr            string
-	db              string
-	logFormat       string
-	tlsCert         string
-	tlsKey          string
-	reloadInterval  time.Duration
-	shutdownTimeout time.Duration
-	busyTimeout     time.Duration
-	allowTimeTravel bool
-	limits          limits
-}
-
-// limits bound what one client can make the server hold or do.
-type limits struct {
-	readHeaderTimeout time.Duration
-	readTimeout       time.Duration
-	writeTimeout      time.Duration
-	idleTimeout       time.Duration
-	maxHeaderBytes    int
-	http2MaxStreams   int
-	grpcMaxRecvBytes  int
-	authFailLimit     int
-	authFailWindow    time.Duration
-	authBlock         time.Duration
-}
-
-// parseConfig reads flags, each falling back to an environment variable, then a default.
-func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
-	var cfg config
-	fs := flag.NewFlagSet("liveops", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: liveops [flags]                    serve HTTP and gRPC on one port\n"+
-			"       liveops keys create|list|revoke   manage API keys (liveops keys -h)\n"+
-			"       liveops backup [-db FILE] OUT.db  copy the database while it is in use\n"+
-			"       liveops export [-db FILE]         print every event as JSON\n"+
-			"       liveops import [-db FILE] [-dry-run] EVENTS.json   create or update events from a file\n\nflags:\n")
-		fs.PrintDefaults()
-	}
-	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "LIVEOPS_ADDR", ":8080"), "listen address (env LIVEOPS_ADDR)")
-	dbFlag(fs, &cfg.db, getenv)
-	fs.StringVar(&cfg.logFormat, "log-format", envOr(getenv, "LIVEOPS_LOG_FORMAT", "text"), "log format: text or json (env LIVEOPS_LOG_FORMAT)")
-	fs.StringVar(&cfg.tlsCert, "tls-cert", getenv("LIVEOPS_TLS_CERT"), "TLS certificate file; with -tls-key serves HTTPS and HTTP/2 over TLS (env LIVEOPS_TLS_CERT)")
-	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("LIVEOPS_TLS_KEY"), "TLS private key file (env LIVEOPS_TLS_KEY)")
-	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key and event changes made by other processes")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
-	fs.BoolVar(&cfg.allowTimeTravel, "allow-time-travel", getenv("LIVEOPS_ALLOW_TIME_TRAVEL") == "true",
-		"let players' GET /events?at=TIME answer as of another instant, for staging builds (env LIVEOPS_ALLOW_TIME_TRAVEL=true)")
-	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
-	l := &cfg.limits
-	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
-	fs.DurationVar(&l.readTimeout, "read-timeout", 30*time.Second, "time a client has to send a whole request")
-	fs.DurationVar(&l.writeTimeout, "write-timeout", 30*time.Second, "time a response (or a gRPC stream) may take")
-	fs.DurationVar(&l.idleTimeout, "idle-timeout", 2*time.Minute, "how long an idle keep-alive connection stays open")
-	fs.IntVar(&l.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request header block accepted")
-	fs.IntVar(&l.http2MaxStreams, "http2-max-streams", 250, "concurrent HTTP/2 streams (gRPC calls) per connection")
-	fs.IntVar(&l.grpcMaxRecvBytes, "grpc-max-recv-bytes", 1<<20, "largest gRPC request message accepted")
-	fs.IntVar(&l.authFailLimit, "auth-fail-limit", 30, "failed authentications an address may make per -auth-fail-window before it is refused")
-	fs.DurationVar(&l.authFailWindow, "auth-fail-window", time.Minute, "window over which failed authentications are counted")
-	fs.DurationVar(&l.authBlock, "auth-block", 5*time.Minute, "how long an address over -auth-fail-limit is refused")
-	if err := fs.Parse(args); err != nil {
-		return config{}, err
-	}
-	if fs.NArg() > 0 {
-		return config{}, fmt.Errorf("unexpected argument %q (see liveops -h)", fs.Arg(0))
-	}
-	if cfg.logFormat != "text" && cfg.logFormat != "json" {
-		return config{}, fmt.Errorf("-log-format must be text or json, got %q", cfg.logFormat)
-	}
-	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
-		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
-	}
-	for name, d := range map[string]time.Duration{
-		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout, "busy-timeout": cfg.busyTimeout,
-		"read-header-timeout": l.readHeaderTimeout, "idle-timeout": l.idleTimeout,
-		"auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
-	} {
-		if d <= 0 {
-			return config{}, fmt.Errorf("-%s must be positive, got %v", name, d)
-		}
-	}
-	if l.readTimeout < 0 || l.writeTimeout < 0 {
-		return config{}, errors.New("-read-timeout and -write-timeout must not be negative (0 turns them off)")
-	}
-	for name, n := range map[string]int{
-		"max-header-bytes": l.maxHeaderBytes, "http2-max-streams": l.http2MaxStreams,
-		"grpc-max-recv-bytes": l.grpcMaxRecvBytes, "auth-fail-limit": l.authFailLimit,
-	} {
-		if n <= 0 {
-			return config{}, fmt.Errorf("-%s must be positive, got %d", name, n)
-		}
-	}
-	return cfg, nil
-}
-
-// dbFlag registers the -db flag that the server and every subcommand share.
-func dbFlag(fs *flag.FlagSet, p *string, getenv func(string) string) {
-	fs.StringVar(p, "db", envOr(getenv, "LIVEOPS_DB", "liveops.db"), "SQLite database file, created if missing (env LIVEOPS_DB)")
-}
-
-func envOr(getenv func(string) string, name, def string) string {
-	if v := getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-// run is the whole program: main only calls it. It serves until ctx is cancelled, then shuts
-// down in order: stop taking requests and let in-flight ones finish, stop gRPC, close the
-// database.
+// run is the whole program: main only calls it. It runs a subcommand, or parses the
+// server's flags, opens the store and the listener and serves until ctx is cancelled.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 1 {
 		switch args[1] {
 		case "keys":
 			return runKeys(ctx, args[2:], getenv, stdout, stderr)
 		case "backup":
-			return runBackup(ctx, args[2:], getenv, stderr)
+			return runBackup(ctx, args[2:], getenv, stdout, stderr)
 		case "export":
 			return runExport(ctx, args[2:], getenv, stdout, stderr)
 		case "import":
 			return runImport(ctx, args[2:], getenv, stdout, stderr)
+		case "version":
+			return runVersion(stdout)
 		}
 	}
-	cfg, err := parseConfig(args[1:], getenv, stderr)
+	cfg, err := parseConfig(args[1:], getenv, stdout, stderr)
 	if err != nil {
 		return err
 	}
 	log := newLogger(cfg.logFormat, stderr)
 	defer log.out.Flush()
 
-	st, err := openStore(ctx, cfg.db, fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
+	st, err := openStore(ctx, cfg.db, time.Now, fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if err := bootstrapKeys(ctx, st, stderr); err != nil {
-		return err
-	}
-	svc, err := newService(ctx, st, cfg, time.Now, log)
-	if err != nil {
-		return err
-	}
-	kr, rm, gs, hs := svc.keys, svc.events, svc.grpc, svc.health
-	srv := newHTTPServer(svc.handler, cfg.limits, log)
-
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// Only now that the port is ours: a start that fails must not use up the keys.
+	if err := bootstrapKeys(ctx, st, cfg.bootstrapKeysFile, stdout); err != nil {
+		ln.Close()
+		return err
+	}
+	return serve(ctx, cfg, st, time.Now, log, ln)
+}
+
+// serve serves both protocols on ln until ctx is cancelled, then shuts down in order: stop
+// taking requests and let in-flight ones finish, stop gRPC, write out the key usage and the
+// log. now is the clock everything reads, the store's included, so that tests can move
+// time; run and every test that starts a server come through here.
+func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log *logger, ln net.Listener) error {
+	svc, err := newService(ctx, cfg, st, now, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := newHTTPServer(svc.handler, cfg.limits, log)
 	log.Info("listening", "addr", ln.Addr().String(), "db", cfg.db, "tls", cfg.tlsCert != "")
 
 	// The watcher outlives ctx by a little: it stops only after the server has, so that its
 	// final flush of key usage sees every request.
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		watchDatabase(watchCtx, st, kr, rm, log, cfg.reloadInterval, time.Minute)
-	}()
-	defer func() { stopWatch(); <-watchDone }()
-
+	var background sync.WaitGroup
+	background.Go(func() { watchDatabase(watchCtx, st, svc.keys, svc.events, log, cfg.reloadInterval, time.Minute) })
 	// Access-log lines are written in batches; this writes each batch out.
-	go func() {
+	background.Go(func() {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -192,7 +86,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 				log.out.Flush()
 			}
 		}
-	}()
+	})
+	defer func() { stopWatch(); background.Wait() }()
 
 	serveErr := make(chan error, 1)
 	go func() {
@@ -208,8 +103,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case <-ctx.Done():
 	}
 
-	log.Info("shutting down", "grace", cfg.shutdownTimeout)
-	hs.Shutdown() // health answers NOT_SERVING to anyone still asking
+	log.Info("shutting down", "grace", cfg.shutdownTimeout.String())
+	svc.health.Shutdown() // health answers NOT_SERVING to anyone still asking
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	defer cancel()
 	// Shutdown waits for in-flight requests, gRPC calls included: on the ServeHTTP path they
@@ -220,13 +115,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Warn("grace period over, closing remaining connections", "err", err)
 		srv.Close()
 	}
-	gs.Stop()
+	svc.grpc.Stop()
 	log.Info("stopped")
 	return nil
 }
 
-// service is the whole object graph behind the listener, built from explicit dependencies;
-// now is the clock everything reads, so tests can move time.
+// service is the whole object graph behind the listener, built from explicit dependencies.
 type service struct {
 	keys    *keyring
 	events  *readModel
@@ -235,7 +129,7 @@ type service struct {
 	handler http.Handler // both protocols, on one port
 }
 
-func newService(ctx context.Context, st *store, cfg config, now func() time.Time, log *logger) (*service, error) {
+func newService(ctx context.Context, cfg config, st *store, now func() time.Time, log *logger) (*service, error) {
 	kr, err := newKeyring(ctx, st, now)
 	if err != nil {
 		return nil, err
@@ -246,10 +140,18 @@ func newService(ctx context.Context, st *store, cfg config, now func() time.Time
 	}
 	lim := cfg.limits
 	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now)}
-	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, now, log)
-	return &service{keys: kr, events: rm, grpc: gs, health: hs,
-		handler: newServer(st, rm, g, gs, cfg.allowTimeTravel, log)}, nil
+	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, log)
+	mux := http.NewServeMux()
+	addRoutes(mux, g, st, rm, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel)
+	return &service{keys: kr, events: rm, grpc: gs, health: hs, handler: newHandler(mux, gs, log)}, nil
 }
+
+// The answer cache's bounds: enough for every variant a game's clients ask in one second,
+// and small beside the snapshot itself.
+const (
+	maxCachedAnswers     = 256
+	maxCachedAnswerBytes = 32 << 20
+)
 
 // watchDatabase keeps the in-memory keys and events current until ctx ends. Every poll it
 // asks SQLite whether any connection, in this process or another, committed a change; if
@@ -349,14 +251,12 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 	return srv
 }
 
-// newServer builds the one handler that serves both protocols on one port: HTTP/2 requests
-// with a gRPC content type go to the gRPC server, everything else to the HTTP routes.
-func newServer(st *store, rm *readModel, g *guard, gs *grpc.Server, allowTimeTravel bool, log *logger) http.Handler {
-	mux := http.NewServeMux()
-	addRoutes(mux, st, rm, g, allowTimeTravel, log)
+// newHandler returns the one handler that serves both protocols on one port: HTTP/2
+// requests with a gRPC content type go to the gRPC server, everything else to the mux.
+func newHandler(mux *http.ServeMux, gs *grpc.Server, log *logger) http.Handler {
 	httpHandler := logRequests(log, securityHeaders(mux))
 	grpcOverHTTP1 := logRequests(log, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS")
+		writeError(w, r, &httpError{http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS"})
 	})))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
@@ -377,32 +277,32 @@ func isGRPC(contentType string) bool {
 	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
-// addRoutes lists the whole HTTP API. Each route is wrapped in the role routeRoles gives it.
-// It returns the patterns it registered.
-func addRoutes(mux *http.ServeMux, st *store, rm *readModel, g *guard, allowTimeTravel bool, log *logger) []string {
-	var patterns []string
-	handle := func(pattern string, h http.Handler) {
+// addRoutes lists the whole HTTP API: each route with the query parameters it takes. Each
+// is wrapped in the role routeRoles gives it, and registering a route missing from
+// routeRoles panics, so no route ships without a decision about who may call it.
+func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, answers *answerCache, allowTimeTravel bool) {
+	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
 			panic("route " + pattern + " has no entry in routeRoles")
 		}
 		h = g.requireRole(need, h)
 		if strings.HasPrefix(pattern, "GET ") {
-			h = refuseBody(h) // before authentication, so no GET body is ever read
+			// Before authentication, so no GET body is ever read, nor a key checked for a
+			// request that is refused anyway.
+			h = refuseBody(onlyParams(params, h))
 		}
 		mux.Handle(pattern, h)
-		patterns = append(patterns, pattern)
 	}
-	handle("GET /healthz", handleHealthz(st, log))
-	handle("GET /events", handleEvents(rm, allowTimeTravel))
-	handle("GET /events/{id}", handleEvent(rm))
+	handle("GET /healthz", nil, handleHealthz(st))
+	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel))
+	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel))
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.
-	handle("/healthz", handleMethodNotAllowed("GET, HEAD"))
-	handle("/events", handleMethodNotAllowed("GET, HEAD"))
-	handle("/events/{id}", handleMethodNotAllowed("GET, HEAD"))
-	handle("/", handleNotFound())
-	return patterns
+	handle("/healthz", nil, handleMethodNotAllowed("GET, HEAD"))
+	handle("/events", nil, handleMethodNotAllowed("GET, HEAD"))
+	handle("/events/{id}", nil, handleMethodNotAllowed("GET, HEAD"))
+	handle("/", nil, handleNotFound())
 }
 
 // refuseBody answers 400 to a GET that carries a body. The body is never read, and the
@@ -411,47 +311,39 @@ func refuseBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 			w.Header().Set("Connection", "close")
-			writeError(w, http.StatusBadRequest, "request body not allowed on GET")
+			writeError(w, r, &httpError{http.StatusBadRequest, "request body not allowed on GET"})
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-// Header values set on every response, made once (see handlers.go).
-var (
-	hdrNoSniff = []string{"nosniff"}
-	hdrNoStore = []string{"no-store"}
-)
-
 // securityHeaders sets the headers every HTTP response carries.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h["X-Content-Type-Options"] = hdrNoSniff
+		h.Set("X-Content-Type-Options", "nosniff")
 		// Responses depend on the caller's key; no shared cache may keep one unless a
 		// handler says otherwise.
-		h["Cache-Control"] = hdrNoStore
+		h.Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
 	})
 }
 
-// responseRecorder remembers the status a handler wrote and the key id that authenticated
-// the request, for the access log.
-type responseRecorder struct {
+// statusRecorder remembers the status a handler wrote, for the access log.
+type statusRecorder struct {
 	http.ResponseWriter
 	status int
-	keyID  string
 }
 
-func (rec *responseRecorder) WriteHeader(code int) {
+func (rec *statusRecorder) WriteHeader(code int) {
 	if rec.status == 0 {
 		rec.status = code
 	}
 	rec.ResponseWriter.WriteHeader(code)
 }
 
-func (rec *responseRecorder) Write(b []byte) (int, error) {
+func (rec *statusRecorder) Write(b []byte) (int, error) {
 	if rec.status == 0 {
 		rec.status = http.StatusOK
 	}
@@ -459,24 +351,22 @@ func (rec *responseRecorder) Write(b []byte) (int, error) {
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
-func (rec *responseRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }
+func (rec *statusRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }
 
-// recorders are reused across requests: a request holds one only while it is served.
-var recorders = sync.Pool{New: func() any { return new(responseRecorder) }}
-
-// logRequests writes one access-log line per HTTP request.
+// logRequests writes one access-log line per HTTP request, with what the handlers noted in
+// its context: the key that called and, for a refusal, why.
 func logRequests(log *logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := recorders.Get().(*responseRecorder)
-		*rec = responseRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r)
+		ctx, note := withNote(r.Context())
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r.WithContext(ctx))
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
-		end := time.Now()
-		log.access(end, r.Proto, r.Method, r.URL.Path, statusString(rec.status), end.Sub(start), rec.keyID)
-		*rec = responseRecorder{}
-		recorders.Put(rec)
+		e := &accessEntry{end: time.Now(), proto: r.Proto, method: r.Method, path: r.URL.Path,
+			status: rec.status, failed: rec.status >= 500, accessNote: *note}
+		e.took = e.end.Sub(start)
+		log.access(e)
 	})
 }

@@ -82,7 +82,7 @@ type testServer struct {
 func startServer(t testing.TB, extraArgs ...string) *testServer {
 	t.Helper()
 	db := filepath.Join(t.TempDir(), "liveops.db")
-	st, err := openStore(context.Background(), db)
+	st, err := openStore(context.Background(), db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,8 +283,8 @@ func TestEndToEndStory(t *testing.T) {
 	if strings.Contains(logs, ts.admin) || strings.Contains(logs, ts.user) {
 		t.Errorf("a key appears in the log")
 	}
-	if !strings.Contains(logs, `"proto":"grpc","method":"POST","path":"/liveops.v1.EventService/CreateEvent","status":"OK"`) ||
-		!strings.Contains(logs, `"method":"GET","path":"/events","status":"200"`) {
+	if !strings.Contains(logs, `"proto":"grpc","path":"/liveops.v1.EventService/CreateEvent","code":"OK"`) ||
+		!strings.Contains(logs, `"method":"GET","path":"/events","status":200`) {
 		t.Errorf("request log lines missing:\n%s", logs)
 	}
 }
@@ -292,7 +292,7 @@ func TestEndToEndStory(t *testing.T) {
 func TestRoleMatrix(t *testing.T) {
 	// Many refused keys from one address: keep the failure limit out of the way.
 	ts := startServer(t, "-auth-fail-limit", "1000")
-	st, err := openStore(context.Background(), ts.db)
+	st, err := openStore(context.Background(), ts.db, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestRoleMatrix(t *testing.T) {
 		if err := st.CreateKey(context.Background(), k); err != nil {
 			t.Fatal(err)
 		}
-		if err := st.RevokeKey(context.Background(), k.ID, time.Now()); err != nil {
+		if err := st.RevokeKey(context.Background(), k.ID); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -447,23 +447,23 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestChangesDuringStartupAreNoticed(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "liveops.db")
-	st, err := openStore(ctx, path)
+	st, err := openStore(ctx, path, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
 	secret, _ := createTestKey(t, st, roleHTTPUser)
-	cfg, _ := parseConfig(nil, func(string) string { return "" }, io.Discard)
+	cfg, _ := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
 	log := newLogger("text", io.Discard)
-	svc, err := newService(ctx, st, cfg, time.Now, log)
+	svc, err := newService(ctx, cfg, st, time.Now, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Between loading and the watcher's first look, another process revokes the key.
 	keys, _ := st.Keys(ctx)
-	other, _ := openStore(ctx, path)
+	other, _ := openStore(ctx, path, time.Now)
 	defer other.Close()
-	if err := other.RevokeKey(ctx, keys[0].ID, time.Now()); err != nil {
+	if err := other.RevokeKey(ctx, keys[0].ID); err != nil {
 		t.Fatal(err)
 	}
 	wctx, stop := context.WithCancel(ctx)
@@ -471,7 +471,7 @@ func TestChangesDuringStartupAreNoticed(t *testing.T) {
 	go func() { defer close(done); watchDatabase(wctx, st, svc.keys, svc.events, log, time.Hour, time.Hour) }()
 	defer func() { stop(); <-done }()
 	// With an hour between polls, only the watcher's start can catch the revoke.
-	waitFor(t, func() bool { _, err := svc.keys.authenticate(ctx, secret); return errors.Is(err, errRevokedKey) })
+	waitFor(t, func() bool { _, err := svc.keys.authenticate(ctx, secret, true); return errors.Is(err, errRevokedKey) })
 }
 
 func TestRevokeFromAnotherProcessTakesEffect(t *testing.T) {
@@ -482,7 +482,7 @@ func TestRevokeFromAnotherProcessTakesEffect(t *testing.T) {
 	}
 	// A second *sql.DB on the same file stands in for `liveops keys revoke` in another process.
 	var out, errOut bytes.Buffer
-	st, _ := openStore(context.Background(), ts.db)
+	st, _ := openStore(context.Background(), ts.db, time.Now)
 	keys, _ := st.Keys(context.Background())
 	st.Close()
 	var userID string
@@ -494,11 +494,8 @@ func TestRevokeFromAnotherProcessTakesEffect(t *testing.T) {
 	if err := run(context.Background(), []string{"liveops", "keys", "revoke", "-db", ts.db, userID}, func(string) string { return "" }, &out, &errOut); err != nil {
 		t.Fatalf("keys revoke: %v (%s)", err, errOut.String())
 	}
-	start := time.Now()
+	// waitFor gives up after 5 s: the promise is a revoke enforced within a reload or two.
 	waitFor(t, func() bool { c, _, _ := ts.get(t, "/events", ts.user); return c == 401 })
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("revocation took %v; want within 5s", d)
-	}
 	_, _, body := ts.get(t, "/events", ts.user)
 	if !strings.Contains(string(body), "revoked") {
 		t.Errorf("401 body = %s; want it to say the key is revoked", body)
@@ -633,7 +630,7 @@ func TestHTTPErrors(t *testing.T) {
 
 func TestHealthzReportsDatabaseFailure(t *testing.T) {
 	st := newTestStore(t)
-	h := handleHealthz(st, newLogger("text", io.Discard))
+	h := handleHealthz(st)
 	check := func(want int) {
 		t.Helper()
 		rec := httptest.NewRecorder()
@@ -670,20 +667,20 @@ func TestConfigErrors(t *testing.T) {
 		{"extra"},
 		{"-nosuchflag"},
 	} {
-		if _, err := parseConfig(args, func(string) string { return "" }, io.Discard); err == nil {
+		if _, err := parseConfig(args, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
 			t.Errorf("parseConfig(%q) = nil error", args)
 		}
 	}
 	env := map[string]string{"LIVEOPS_ADDR": "127.0.0.1:9999", "LIVEOPS_DB": "x.db", "LIVEOPS_LOG_FORMAT": "json"}
-	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard)
+	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err != nil || cfg.addr != "127.0.0.1:9999" || cfg.db != "x.db" || cfg.logFormat != "json" {
 		t.Fatalf("env fallback: %+v, %v", cfg, err)
 	}
-	cfg, _ = parseConfig([]string{"-addr", ":1"}, func(k string) string { return env[k] }, io.Discard)
+	cfg, _ = parseConfig([]string{"-addr", ":1"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if cfg.addr != ":1" {
 		t.Fatalf("a flag must win over the environment: addr = %q", cfg.addr)
 	}
-	cfg, _ = parseConfig(nil, func(string) string { return "" }, io.Discard)
+	cfg, _ = parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
 	if cfg.addr != ":8080" || cfg.db != "liveops.db" || cfg.logFormat != "text" {
 		t.Fatalf("defaults = %+v", cfg)
 	}

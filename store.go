@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -20,27 +19,61 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// errNotFound is returned by store methods when the event or key asked for does not exist.
-var errNotFound = errors.New("not found")
-
-// store keeps events and API keys in one SQLite file.
+// store keeps events, their revisions and API keys in one SQLite file. Every SQL statement
+// liveops runs is in this file or, for keys, in keystore.go.
 //
 // Times are stored as Unix nanoseconds in UTC, so that comparisons in SQL are integer
-// comparisons and a protobuf Timestamp survives a round trip unchanged.
+// comparisons and a protobuf Timestamp survives a round trip unchanged. Writes take their
+// time from now and their actor from the context (see actorFrom).
 type store struct {
-	db *sql.DB
+	db  *sql.DB
+	now func() time.Time
 }
+
+// Errors the store returns. Each protocol maps them to its own status in one place.
+var (
+	// errNotFound: the event, revision or key asked for does not exist. The error returned
+	// is a *notFoundError that says which, and is errNotFound under errors.Is.
+	errNotFound = errors.New("not found")
+	// errStale: the caller's etag is not the event's current one.
+	errStale = errors.New("etag does not match: the event changed since it was read; read it again and retry")
+	// errRequestReused: a create's request_id was used before for a different request.
+	errRequestReused = errors.New("request_id was already used for a different request")
+	// errBusy: another writer held the database for longer than busy_timeout.
+	errBusy = errors.New("the database is busy; retry shortly")
+	// errFull: the disk (or the database's page limit) is full.
+	errFull = errors.New("storage is full; the write was not saved")
+	// errReadOnly: the database file or its directory cannot be written.
+	errReadOnly = errors.New("the database cannot be written (read-only file or directory, or an I/O error); the write was not saved")
+)
+
+// notFoundError says what was not found, in words a caller can act on.
+type notFoundError struct{ msg string }
+
+func (e *notFoundError) Error() string        { return e.msg }
+func (e *notFoundError) Is(target error) bool { return target == errNotFound }
 
 // openStore opens (creating if needed) the SQLite database at path and migrates it to the
 // current schema. Extra pragmas, such as "busy_timeout(200)", run on every connection
 // after the defaults and so override them.
-func openStore(ctx context.Context, path string, pragmas ...string) (*store, error) {
-	return openStoreAs(ctx, path, true, pragmas...)
+func openStore(ctx context.Context, path string, now func() time.Time, pragmas ...string) (*store, error) {
+	return openStoreAs(ctx, path, now, true, pragmas...)
+}
+
+// openExistingStore opens a database that must already exist, so that a mistyped -db is an
+// error rather than a new, empty database, and whose schema must be this binary's: the
+// commands that use it never migrate, so running a newer binary's `export` against
+// production cannot stop the server from starting.
+func openExistingStore(ctx context.Context, path string) (*store, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("database %s does not exist (check -db or LIVEOPS_DB)", path)
+	}
+	return openStoreAs(ctx, path, time.Now, false)
 }
 
 // openStoreAs opens the database, migrating it when migrate is set and otherwise refusing
 // a schema other than this binary's.
-func openStoreAs(ctx context.Context, path string, migrate bool, pragmas ...string) (*store, error) {
+func openStoreAs(ctx context.Context, path string, now func() time.Time, migrate bool, pragmas ...string) (*store, error) {
 	if err := checkDatabaseDir(path); err != nil {
 		return nil, err
 	}
@@ -67,7 +100,7 @@ func openStoreAs(ctx context.Context, path string, migrate bool, pragmas ...stri
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	st := &store{db: db}
+	st := &store{db: db, now: now}
 	if migrate {
 		err = st.migrate(ctx)
 	} else {
@@ -104,40 +137,6 @@ func checkDatabaseDir(path string) error {
 	f.Close()
 	os.Remove(f.Name())
 	return nil
-}
-
-// Backup writes a consistent copy of the database to path, which must not exist, while
-// other connections keep reading and writing.
-func (st *store) Backup(ctx context.Context, path string) error {
-	if _, err := os.Stat(path); err == nil {
-		return fmt.Errorf("backup: %s already exists", path)
-	}
-	if err := checkDatabaseDir(path); err != nil {
-		return fmt.Errorf("backup: %w", err)
-	}
-	if _, err := st.db.ExecContext(ctx, `VACUUM INTO ?`, path); err != nil {
-		return storeError("backup", err)
-	}
-	return nil
-}
-
-// integrityCheck runs PRAGMA integrity_check and returns its verdict: "ok" when the file is
-// sound.
-func (st *store) integrityCheck(ctx context.Context) (string, error) {
-	rows, err := st.db.QueryContext(ctx, `PRAGMA integrity_check`)
-	if err != nil {
-		return "", err
-	}
-	defer rows.Close()
-	var lines []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			return "", err
-		}
-		lines = append(lines, line)
-	}
-	return strings.Join(lines, "\n"), rows.Err()
 }
 
 // Close closes the database.
@@ -208,29 +207,58 @@ var migrations = []string{
 // migrate brings the schema up to date inside one write transaction, so two processes
 // starting at once cannot both apply the same migration.
 func (st *store) migrate(ctx context.Context) error {
+	return st.inTx(ctx, "migrate", func(tx *sql.Tx) error {
+		var version int
+		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+			return fmt.Errorf("read schema version: %w", err)
+		}
+		if version > len(migrations) {
+			return fmt.Errorf("database schema version %d is newer than this binary knows (%d)", version, len(migrations))
+		}
+		for i := version; i < len(migrations); i++ {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return fmt.Errorf("step %d: %w", i+1, err)
+			}
+		}
+		// PRAGMA takes no bound parameters; the value is an integer we control.
+		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations)))
+		return err
+	})
+}
+
+// inTx runs fn in a write transaction and commits it when fn succeeds. Every error comes
+// back through storeError, wrapped with op.
+func (st *store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return storeError(op, err)
 	}
 	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return storeError(op, err)
+	}
+	return storeError(op, tx.Commit())
+}
 
-	var version int
-	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		return fmt.Errorf("migrate: read schema version: %w", err)
+// storeError wraps err with op, turning SQLite's busy, full and read-only conditions into
+// errBusy, errFull and errReadOnly so that callers can answer UNAVAILABLE or
+// RESOURCE_EXHAUSTED. A nil err stays nil.
+func storeError(op string, err error) error {
+	if err == nil {
+		return nil
 	}
-	if version > len(migrations) {
-		return fmt.Errorf("migrate: database schema version %d is newer than this binary knows (%d)", version, len(migrations))
-	}
-	for i := version; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			return fmt.Errorf("migrate: step %d: %w", i+1, err)
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return fmt.Errorf("%s: %w (%v)", op, errBusy, err)
+		case sqlite3.SQLITE_FULL:
+			return fmt.Errorf("%s: %w (%v)", op, errFull, err)
+		case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN:
+			return fmt.Errorf("%s: %w (%v)", op, errReadOnly, err)
 		}
 	}
-	// PRAGMA takes no bound parameters; the value is an integer we control.
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
-		return fmt.Errorf("migrate: set schema version: %w", err)
-	}
-	return tx.Commit()
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 // ping reports whether the database answers a query.
@@ -239,6 +267,46 @@ func (st *store) ping(ctx context.Context) error {
 	return st.db.QueryRowContext(ctx, "SELECT 1 FROM sqlite_schema LIMIT 1").Scan(&one)
 }
 
+// Backup writes a consistent copy of the database to path, which must not exist, while
+// other connections keep reading and writing.
+func (st *store) Backup(ctx context.Context, path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("backup: %s already exists", path)
+	}
+	if err := checkDatabaseDir(path); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	_, err := st.db.ExecContext(ctx, `VACUUM INTO ?`, path)
+	return storeError("backup", err)
+}
+
+// dataVersion returns a number that changes whenever another connection, in this process or
+// another, commits a change to the database. conn must be the same connection every time.
+func dataVersion(ctx context.Context, conn *sql.Conn) (int64, error) {
+	var v int64
+	err := conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v)
+	return v, err
+}
+
+// actorKey carries, in a context, who a write is attributed to when no API key made it
+// (an import from the command line).
+type actorKey struct{}
+
+func withActor(ctx context.Context, actor string) context.Context {
+	return context.WithValue(ctx, actorKey{}, actor)
+}
+
+// actorFrom returns who a write made with ctx is recorded as: the id of the caller's key,
+// or the actor withActor set.
+func actorFrom(ctx context.Context) string {
+	if k := callerFrom(ctx); k != nil {
+		return k.ID
+	}
+	actor, _ := ctx.Value(actorKey{}).(string)
+	return actor
+}
+
+// The event columns, in the order eventValues and scanEvent use.
 const eventColumns = "id, title, description, start_time, end_time, rewards, created_at, updated_at, version, " +
 	"preview_time, recurrence, priority, labels, state"
 
@@ -249,45 +317,13 @@ func eventValues(e Event) []any {
 		nullNanos(e.Preview), recurrenceJSON(e.Recurrence), e.Priority, strings.Join(e.Labels, ","), e.State}
 }
 
-// recurrenceRow is how a recurrence is stored: JSON in one column, NULL when the event does
-// not repeat.
-type recurrenceRow struct {
-	Interval int    `json:"interval"`
-	Unit     string `json:"unit"`
-	TimeZone string `json:"time_zone"`
-	Until    int64  `json:"until,omitempty"` // Unix nanoseconds
-	Count    int    `json:"count,omitempty"`
-}
-
-func recurrenceJSON(r Recurrence) sql.NullString {
-	if !r.repeats() {
-		return sql.NullString{}
-	}
-	row := recurrenceRow{Interval: r.Interval, Unit: r.Unit, TimeZone: r.TimeZone, Count: r.Count}
-	if !r.Until.IsZero() {
-		row.Until = r.Until.UnixNano()
-	}
-	b, _ := json.Marshal(row) // a struct of ints and strings always encodes
-	return sql.NullString{String: string(b), Valid: true}
-}
-
-func parseRecurrence(s sql.NullString) (Recurrence, error) {
-	if !s.Valid {
-		return Recurrence{}, nil
-	}
-	var row recurrenceRow
-	if err := json.Unmarshal([]byte(s.String), &row); err != nil {
-		return Recurrence{}, fmt.Errorf("malformed recurrence %q: %w", s.String, err)
-	}
-	r := Recurrence{Interval: row.Interval, Unit: row.Unit, TimeZone: row.TimeZone, Count: row.Count}
-	if row.Until != 0 {
-		r.Until = fromNanos(row.Until)
-	}
-	return r, nil
-}
-
-// scanner is the part of *sql.Row and *sql.Rows that scanEvent needs.
+// scanner is the part of *sql.Row and *sql.Rows that the scan functions need.
 type scanner interface{ Scan(dest ...any) error }
+
+// querier is the part of *sql.DB and *sql.Tx that getEvent needs.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
 
 func scanEvent(s scanner) (Event, error) {
 	var e Event
@@ -310,234 +346,373 @@ func scanEvent(s scanner) (Event, error) {
 	return e, err
 }
 
-func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
-
-// Errors from event writes, beyond errNotFound.
-var (
-	// errStale: the caller's etag is not the event's current one.
-	errStale = errors.New("etag does not match: the event changed since it was read")
-	// errRequestReused: a create's request_id was used before for a different request.
-	errRequestReused = errors.New("request_id was already used for a different request")
-	// errBusy: another writer held the database for longer than busy_timeout.
-	errBusy = errors.New("database is busy")
-	// errFull: the disk (or the database's page limit) is full.
-	errFull = errors.New("database or disk is full")
-)
-
-// storeError turns SQLite's busy and full conditions into errBusy and errFull, so callers
-// can answer UNAVAILABLE or RESOURCE_EXHAUSTED, and wraps everything with op.
-func storeError(op string, err error) error {
-	var se *sqlite.Error
-	if errors.As(err, &se) {
-		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
-			return fmt.Errorf("%s: %w (%v)", op, errBusy, err)
-		case sqlite3.SQLITE_FULL:
-			return fmt.Errorf("%s: %w (%v)", op, errFull, err)
-		}
-	}
-	return fmt.Errorf("%s: %w", op, err)
+// recurrenceRow is how a recurrence is stored: JSON in one column, NULL when the event does
+// not repeat.
+type recurrenceRow struct {
+	Interval int    `json:"interval"`
+	Unit     string `json:"unit"`
+	TimeZone string `json:"time_zone"`
+	Until    int64  `json:"until,omitempty"` // Unix nanoseconds
+	Count    int    `json:"count,omitempty"`
 }
 
-// bumpGeneration increments the events generation inside tx and returns the new value.
-// Every write to events calls it before committing.
-func bumpGeneration(ctx context.Context, tx *sql.Tx) (int64, error) {
+func recurrenceJSON(r Recurrence) sql.NullString {
+	if !r.repeats() {
+		return sql.NullString{}
+	}
+	row := recurrenceRow{Interval: r.Interval, Unit: r.Unit, TimeZone: r.TimeZone, Count: r.Count}
+	if !r.Until.IsZero() {
+		row.Until = r.Until.UnixNano()
+	}
+	return sql.NullString{String: string(marshalJSON(row)), Valid: true}
+}
+
+func parseRecurrence(s sql.NullString) (Recurrence, error) {
+	if !s.Valid {
+		return Recurrence{}, nil
+	}
+	var row recurrenceRow
+	if err := json.Unmarshal([]byte(s.String), &row); err != nil {
+		return Recurrence{}, fmt.Errorf("malformed recurrence %q: %w", s.String, err)
+	}
+	r := Recurrence{Interval: row.Interval, Unit: row.Unit, TimeZone: row.TimeZone, Count: row.Count}
+	if row.Until != 0 {
+		r.Until = fromNanos(row.Until)
+	}
+	return r, nil
+}
+
+// getEvent returns the event with the given id, or a *notFoundError that says whether it
+// was deleted.
+func getEvent(ctx context.Context, q querier, id string) (Event, error) {
+	e, err := scanEvent(q.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Event{}, missingEvent(ctx, q, id)
+	}
+	return e, err
+}
+
+// WhyMissing returns a *notFoundError that says why there is no event with id: it never
+// existed, or it was deleted and can be restored.
+func (st *store) WhyMissing(ctx context.Context, id string) error {
+	return storeError("get event", missingEvent(ctx, st.db, id))
+}
+
+// missingEvent explains why there is no event with id: it never existed, or it was deleted
+// and can be restored.
+func missingEvent(ctx context.Context, q querier, id string) error {
+	var action string
+	err := q.QueryRowContext(ctx, `SELECT action FROM event_revisions WHERE event_id = ? ORDER BY revision DESC LIMIT 1`, id).Scan(&action)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return &notFoundError{"no event with id " + id}
+	case err != nil:
+		return err
+	case action == "delete":
+		return &notFoundError{"event " + id + " was deleted; RestoreEvent with a revision from ListEventRevisions brings it back"}
+	}
+	return &notFoundError{"no event with id " + id}
+}
+
+// putEvent inserts e, or replaces the stored event with its id when that one is still at
+// version prev (0 for an event that does not exist). Otherwise it writes nothing and
+// returns errStale, so that it alone guarantees no write is lost, whatever lock the
+// transaction holds.
+func putEvent(ctx context.Context, tx *sql.Tx, e Event, prev int64) error {
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET title = excluded.title, description = excluded.description,
+			start_time = excluded.start_time, end_time = excluded.end_time, rewards = excluded.rewards,
+			created_at = excluded.created_at, updated_at = excluded.updated_at, version = excluded.version,
+			preview_time = excluded.preview_time, recurrence = excluded.recurrence, priority = excluded.priority,
+			labels = excluded.labels, state = excluded.state
+		WHERE events.version = ?`, append(eventValues(e), prev)...)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return errStale
+	}
+	return nil
+}
+
+// removeEvent deletes the event with id when it is still at version prev, else returns errStale.
+func removeEvent(ctx context.Context, tx *sql.Tx, id string, prev int64) error {
+	res, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, prev)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return errStale
+	}
+	return nil
+}
+
+// lastVersion returns the highest version the event with id ever had, deleted or not, so
+// that versions only grow and an old etag never matches again.
+func lastVersion(ctx context.Context, tx *sql.Tx, id string) (int64, error) {
+	var v int64
+	err := tx.QueryRowContext(ctx, `SELECT coalesce(max(json_extract(event, '$.version')), 0) FROM event_revisions WHERE event_id = ?`, id).Scan(&v)
+	return v, err
+}
+
+// recordWrite records a write to e made at at: a revision, numbered after the event's last
+// one and attributed to the actor in ctx, holding e as JSON; and one more events
+// generation, which it returns. Every write to events calls it before committing.
+func recordWrite(ctx context.Context, tx *sql.Tx, action string, at time.Time, e Event) (int64, error) {
+	if _, err := tx.ExecContext(ctx,
+		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event)
+		SELECT ?, coalesce(max(revision), 0) + 1, ?, ?, ?, ? FROM event_revisions WHERE event_id = ?`,
+		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), e.ID); err != nil {
+		return 0, err
+	}
 	var gen int64
 	err := tx.QueryRowContext(ctx,
 		`UPDATE meta SET value = value + 1 WHERE name = 'events_generation' RETURNING value`).Scan(&gen)
 	return gen, err
 }
 
-// Generation returns the events generation: it grows by one with every committed event
-// write, by any process.
+// generationQuery reads the events generation.
+const generationQuery = `SELECT value FROM meta WHERE name = 'events_generation'`
+
+// Generation returns the events generation: it grows with every committed event write, by
+// any process.
 func (st *store) Generation(ctx context.Context) (int64, error) {
 	var gen int64
-	err := st.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'events_generation'`).Scan(&gen)
-	if err != nil {
-		return 0, storeError("read generation", err)
-	}
-	return gen, nil
+	err := st.db.QueryRowContext(ctx, generationQuery).Scan(&gen)
+	return gen, storeError("read generation", err)
 }
 
 // createRequestTTL is how long a create's request_id is remembered. The promise to clients
 // is 24 hours; keeping them a week costs little and covers a retry queue stuck over a weekend.
 const createRequestTTL = 7 * 24 * time.Hour
 
-// CreateEvent stores a new event. The caller has validated it and set its id and times.
+// CreateEvent stores a new event, which the caller has validated and given an id. It sets
+// the event's times and version, and returns it as stored with the events generation.
 //
-// A non-empty requestID makes the create idempotent: when it was seen before with the same
-// fingerprint (a hash of the request), CreateEvent stores nothing and returns the event that
-// request created, with created false; with another fingerprint it returns errRequestReused.
-//
-// gen is the events generation after the write; 0 when nothing was written.
-//
-// actor is the id of the key that asked, for the revision the write records.
-func (st *store) CreateEvent(ctx context.Context, e Event, requestID string, fingerprint []byte, actor string) (got Event, gen int64, err error) {
-	tx, err := st.db.BeginTx(ctx, nil)
+// A non-empty requestID makes the create idempotent: when it was seen before for the same
+// event content (see Event.fingerprint), CreateEvent stores nothing and returns the event
+// that request created, with generation 0; for other content it returns errRequestReused.
+func (st *store) CreateEvent(ctx context.Context, e Event, requestID string) (Event, int64, error) {
+	now := st.now().UTC()
+	e.CreatedAt, e.UpdatedAt, e.Version = now, now, 1
+	fingerprint := e.fingerprint()
+	var gen int64
+	err := st.inTx(ctx, "create event", func(tx *sql.Tx) error {
+		if requestID != "" {
+			var seen []byte
+			var eventID string
+			err := tx.QueryRowContext(ctx, `SELECT fingerprint, event_id FROM create_requests WHERE request_id = ?`, requestID).Scan(&seen, &eventID)
+			switch {
+			case err == nil && !bytes.Equal(seen, fingerprint):
+				return errRequestReused
+			case err == nil:
+				e, err = getEvent(ctx, tx, eventID) // not found: created, then deleted
+				return err
+			case !errors.Is(err, sql.ErrNoRows):
+				return err
+			}
+			if _, err := tx.ExecContext(ctx,
+				`INSERT INTO create_requests (request_id, fingerprint, event_id, created_at) VALUES (?, ?, ?, ?)`,
+				requestID, fingerprint, e.ID, now.UnixNano()); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM create_requests WHERE created_at < ?`,
+				now.Add(-createRequestTTL).UnixNano()); err != nil {
+				return err
+			}
+		}
+		if err := putEvent(ctx, tx, e, 0); err != nil {
+			return err
+		}
+		var err error
+		gen, err = recordWrite(ctx, tx, "create", now, e)
+		return err
+	})
 	if err != nil {
-		return Event{}, 0, storeError("create event", err)
-	}
-	defer tx.Rollback()
-
-	if requestID != "" {
-		var seen []byte
-		var eventID string
-		err := tx.QueryRowContext(ctx, `SELECT fingerprint, event_id FROM create_requests WHERE request_id = ?`, requestID).Scan(&seen, &eventID)
-		switch {
-		case err == nil && !bytes.Equal(seen, fingerprint):
-			return Event{}, 0, errRequestReused
-		case err == nil:
-			e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, eventID))
-			if errors.Is(err, sql.ErrNoRows) {
-				return Event{}, 0, errNotFound // created, then deleted
-			}
-			if err != nil {
-				return Event{}, 0, storeError("create event", err)
-			}
-			return e, 0, nil
-		case !errors.Is(err, sql.ErrNoRows):
-			return Event{}, 0, storeError("create event", err)
-		}
-	}
-
-	e.Version = 1
-	if _, err := tx.ExecContext(ctx,
-		`INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		eventValues(e)...); err != nil {
-		return Event{}, 0, storeError("create event", err)
-	}
-	if requestID != "" {
-		if _, err := tx.ExecContext(ctx,
-			`INSERT INTO create_requests (request_id, fingerprint, event_id, created_at) VALUES (?, ?, ?, ?)`,
-			requestID, fingerprint, e.ID, e.CreatedAt.UnixNano()); err != nil {
-			return Event{}, 0, storeError("create event", err)
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM create_requests WHERE created_at < ?`,
-			e.CreatedAt.Add(-createRequestTTL).UnixNano()); err != nil {
-			return Event{}, 0, storeError("create event", err)
-		}
-	}
-	if err := writeRevision(ctx, tx, "create", actor, e.CreatedAt, e); err != nil {
-		return Event{}, 0, storeError("create event", err)
-	}
-	if gen, err = bumpGeneration(ctx, tx); err != nil {
-		return Event{}, 0, storeError("create event", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return Event{}, 0, storeError("create event", err)
+		return Event{}, 0, err
 	}
 	return e, gen, nil
 }
 
-// Event returns the event with the given id, or errNotFound.
-func (st *store) Event(ctx context.Context, id string) (Event, error) {
-	e, err := scanEvent(st.db.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Event{}, errNotFound
+// applyChange returns cur changed by change, as the next version, after checking etag
+// against it (an empty etag matches any version). The update and its dry run share it.
+func applyChange(cur Event, etag string, now time.Time, change func(*Event) error) (Event, error) {
+	if etag != "" && etag != cur.ETag() {
+		return Event{}, errStale
 	}
-	if err != nil {
-		return Event{}, storeError("get event", err)
+	e := cur
+	if err := change(&e); err != nil {
+		return Event{}, err
 	}
+	e.ID, e.CreatedAt, e.UpdatedAt, e.Version = cur.ID, cur.CreatedAt, now, cur.Version+1
 	return e, nil
 }
 
-// UpdateEvent changes the event with the given id: change receives the event as stored and
-// edits it in place (returning an error to refuse). When etag is not empty it must be the
+// UpdateEvent changes the event with the given id: change receives a copy of the event as
+// stored and edits it (returning an error to refuse). When etag is not empty it must be the
 // event's current one, or UpdateEvent returns errStale and changes nothing. It returns the
-// event as stored after the write, with a new version, and the events generation; or
-// errNotFound.
-//
-// With dryRun, UpdateEvent checks everything (existence, etag, change) and returns the event
-// as it would be, but writes nothing; the generation is 0.
-func (st *store) UpdateEvent(ctx context.Context, id, etag string, now time.Time, dryRun bool, actor string, change func(*Event) error) (Event, int64, error) {
-	tx, err := st.db.BeginTx(ctx, nil)
+// event as stored after the write, with the next version, and the events generation.
+func (st *store) UpdateEvent(ctx context.Context, id, etag string, change func(*Event) error) (Event, int64, error) {
+	now := st.now().UTC()
+	var e Event
+	var gen int64
+	err := st.inTx(ctx, "update event", func(tx *sql.Tx) error {
+		cur, err := getEvent(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if e, err = applyChange(cur, etag, now, change); err != nil {
+			return err
+		}
+		if err := putEvent(ctx, tx, e, cur.Version); err != nil {
+			return err
+		}
+		gen, err = recordWrite(ctx, tx, "update", now, e)
+		return err
+	})
 	if err != nil {
-		return Event{}, 0, storeError("update event", err)
-	}
-	defer tx.Rollback()
-
-	e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Event{}, 0, errNotFound
-	}
-	if err != nil {
-		return Event{}, 0, storeError("update event", err)
-	}
-	if etag != "" && etag != e.ETag() {
-		return Event{}, 0, errStale
-	}
-	read, created := e.Version, e.CreatedAt
-	if err := change(&e); err != nil {
 		return Event{}, 0, err
-	}
-	e.ID, e.CreatedAt, e.UpdatedAt, e.Version = id, created, now, read+1
-	if dryRun {
-		return e, 0, nil // the deferred Rollback ends the transaction
-	}
-	// The write lock is held since BEGIN IMMEDIATE, so the version cannot have moved; the
-	// condition is still in the UPDATE so that it alone would be enough.
-	res, err := tx.ExecContext(ctx,
-		`UPDATE events SET title = ?, description = ?, start_time = ?, end_time = ?, rewards = ?, updated_at = ?, version = ?,
-		preview_time = ?, recurrence = ?, priority = ?, labels = ?, state = ?
-		WHERE id = ? AND version = ?`,
-		e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards, e.UpdatedAt.UnixNano(), e.Version,
-		nullNanos(e.Preview), recurrenceJSON(e.Recurrence), e.Priority, strings.Join(e.Labels, ","), e.State, id, read)
-	if err != nil {
-		return Event{}, 0, storeError("update event", err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return Event{}, 0, errStale
-	}
-	if err := writeRevision(ctx, tx, "update", actor, now, e); err != nil {
-		return Event{}, 0, storeError("update event", err)
-	}
-	gen, err := bumpGeneration(ctx, tx)
-	if err != nil {
-		return Event{}, 0, storeError("update event", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return Event{}, 0, storeError("update event", err)
 	}
 	return e, gen, nil
 }
 
-// DeleteEvent removes the event, or returns errNotFound. When etag is not empty it must be
-// the event's current one, or DeleteEvent returns errStale and deletes nothing. It returns
-// the events generation after the write.
-func (st *store) DeleteEvent(ctx context.Context, id, etag string, now time.Time, actor string) (int64, error) {
-	tx, err := st.db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, storeError("delete event", err)
-	}
-	defer tx.Rollback()
-	e, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, errNotFound
-	}
-	if err != nil {
-		return 0, storeError("delete event", err)
-	}
-	if etag != "" && etag != e.ETag() {
-		return 0, errStale
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, e.Version); err != nil {
-		return 0, storeError("delete event", err)
-	}
-	if err := writeRevision(ctx, tx, "delete", actor, now, e); err != nil {
-		return 0, storeError("delete event", err)
-	}
-	gen, err := bumpGeneration(ctx, tx)
-	if err != nil {
-		return 0, storeError("delete event", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, storeError("delete event", err)
-	}
-	return gen, nil
+// DeleteEvent removes the event. When etag is not empty it must be the event's current
+// one, or DeleteEvent returns errStale and deletes nothing. It returns the events
+// generation after the write.
+func (st *store) DeleteEvent(ctx context.Context, id, etag string) (int64, error) {
+	var gen int64
+	err := st.inTx(ctx, "delete event", func(tx *sql.Tx) error {
+		e, err := getEvent(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if etag != "" && etag != e.ETag() {
+			return errStale
+		}
+		if err := removeEvent(ctx, tx, id, e.Version); err != nil {
+			return err
+		}
+		// The revision holds the event as it stood before the delete.
+		gen, err = recordWrite(ctx, tx, "delete", st.now().UTC(), e)
+		return err
+	})
+	return gen, err
 }
 
-// Events returns every event, ordered by start time, then id, and the events generation
-// they reflect, read in one transaction.
+// RestoreEvent makes the event look as it did at a revision again, as a new revision,
+// bringing a deleted event back under its old id. When etag is not empty it must be the
+// event's current one (a deleted event has none, so any etag is stale). It returns the
+// event as stored and the events generation.
+func (st *store) RestoreEvent(ctx context.Context, id string, rev int64, etag string) (Event, int64, error) {
+	now := st.now().UTC()
+	var e Event
+	var gen int64
+	err := st.inTx(ctx, "restore event", func(tx *sql.Tx) error {
+		target, err := scanRevision(tx.QueryRowContext(ctx, revisionSelect+` WHERE r.event_id = ? AND r.revision = ?`, id, rev))
+		if errors.Is(err, sql.ErrNoRows) {
+			return &notFoundError{fmt.Sprintf("event %s has no revision %d (see ListEventRevisions)", id, rev)}
+		}
+		if err != nil {
+			return err
+		}
+		cur, err := getEvent(ctx, tx, id)
+		exists := err == nil
+		if err != nil && !errors.Is(err, errNotFound) {
+			return err
+		}
+		if etag != "" && (!exists || etag != cur.ETag()) {
+			return errStale
+		}
+		last, err := lastVersion(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		e = target.Event
+		e.ID, e.UpdatedAt, e.Version = id, now, max(last, cur.Version)+1
+		if err := putEvent(ctx, tx, e, cur.Version); err != nil {
+			return err
+		}
+		gen, err = recordWrite(ctx, tx, "restore", now, e)
+		return err
+	})
+	if err != nil {
+		return Event{}, 0, err
+	}
+	return e, gen, nil
+}
+
+// importChange is what an import does to one event.
+type importChange struct {
+	ID     string
+	Action string   // create, update or unchanged
+	Fields []string // for an update: "field: old -> new", one a changed field
+}
+
+// Import creates or updates every event in events by id, in one transaction, recording a
+// revision for each change; events already as in the file are left alone. With dryRun it
+// works out the same changes and writes nothing. It returns the changes and the events
+// generation (0 when nothing was written).
+func (st *store) Import(ctx context.Context, events []Event, dryRun bool) ([]importChange, int64, error) {
+	now := st.now().UTC()
+	var changes []importChange
+	var gen int64
+	err := st.inTx(ctx, "import", func(tx *sql.Tx) error {
+		for _, e := range events {
+			cur, err := getEvent(ctx, tx, e.ID)
+			exists := err == nil
+			if err != nil && !errors.Is(err, errNotFound) {
+				return err
+			}
+			c := importChange{ID: e.ID, Action: "create"}
+			if exists {
+				c.Action, c.Fields = "update", diffEvents(cur, e)
+				if len(c.Fields) == 0 {
+					c.Action = "unchanged"
+				}
+			}
+			changes = append(changes, c)
+			if dryRun || c.Action == "unchanged" {
+				continue
+			}
+			// The event may have existed before and been deleted: carry on its versions.
+			last, err := lastVersion(ctx, tx, e.ID)
+			if err != nil {
+				return err
+			}
+			e.CreatedAt, e.UpdatedAt, e.Version = now, now, max(last, cur.Version)+1
+			if exists {
+				e.CreatedAt = cur.CreatedAt
+			}
+			if err := putEvent(ctx, tx, e, cur.Version); err != nil {
+				return err
+			}
+			if gen, err = recordWrite(ctx, tx, c.Action, now, e); err != nil {
+				return err
+			}
+		}
+		if dryRun {
+			return errDryRun // rolls back
+		}
+		return nil
+	})
+	if errors.Is(err, errDryRun) {
+		err = nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return changes, gen, nil
+}
+
+// errDryRun ends a dry run's transaction without committing it.
+var errDryRun = errors.New("dry run")
+
+// Events returns every event and the events generation they reflect, read in one
+// transaction, in no particular order.
 func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	// A read-only transaction is a plain (deferred) BEGIN: it takes no write lock.
 	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
@@ -546,11 +721,11 @@ func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	}
 	defer tx.Rollback()
 	var gen int64
-	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'events_generation'`).Scan(&gen); err != nil {
+	if err := tx.QueryRowContext(ctx, generationQuery).Scan(&gen); err != nil {
 		return nil, 0, storeError("list events", err)
 	}
-	// A plain table scan reads pages in order; ORDER BY would walk the start-time index and
-	// fetch every row from the table at random, several times slower for a large table.
+	// A plain table scan reads pages in order; ORDER BY would walk an index and fetch every
+	// row from the table at random, several times slower for a large table.
 	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events`)
 	if err != nil {
 		return nil, 0, storeError("list events", err)
@@ -567,129 +742,98 @@ func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	if err := rows.Err(); err != nil {
 		return nil, 0, storeError("list events", err)
 	}
-	slices.SortFunc(events, func(a, b Event) int {
-		if c := a.Start.Compare(b.Start); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
 	return events, gen, nil
 }
 
-// CreateKey stores a new API key record. Only the key's hash is stored, never the key.
-func (st *store) CreateKey(ctx context.Context, k apiKey) error {
-	_, err := st.db.ExecContext(ctx,
-		`INSERT INTO api_keys (id, hash, role, name, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Hash[:], string(k.Role), k.Name, k.CreatedAt.UnixNano(), nullNanos(k.ExpiresAt))
-	if err != nil {
-		return fmt.Errorf("create key: %w", err)
-	}
-	return nil
+// revision is one recorded write to an event.
+type revision struct {
+	EventID  string
+	Revision int64
+	Action   string // create, update, delete or restore
+	KeyID    string // the key that wrote, or "import"
+	KeyName  string // that key's name, when it has one
+	At       time.Time
+	Event    Event // as it stood after the write; before it, for a delete
 }
 
-const keyColumns = "id, hash, role, name, created_at, last_used_at, revoked_at, expires_at"
+// revisionSelect reads revisions with the name of the key that wrote each.
+const revisionSelect = `SELECT r.event_id, r.revision, r.action, r.key_id, coalesce(k.name, ''), r.at, r.event
+	FROM event_revisions r LEFT JOIN api_keys k ON k.id = r.key_id`
 
-func scanKey(s scanner) (apiKey, error) {
-	var k apiKey
-	var hash []byte
-	var r string
-	var created int64
-	var lastUsed, revoked, expires sql.NullInt64
-	if err := s.Scan(&k.ID, &hash, &r, &k.Name, &created, &lastUsed, &revoked, &expires); err != nil {
-		return apiKey{}, err
+func scanRevision(s scanner) (revision, error) {
+	var r revision
+	var at int64
+	var doc string
+	if err := s.Scan(&r.EventID, &r.Revision, &r.Action, &r.KeyID, &r.KeyName, &at, &doc); err != nil {
+		return revision{}, err
 	}
-	if len(hash) != len(k.Hash) {
-		return apiKey{}, fmt.Errorf("key %s has a malformed hash", k.ID)
+	r.At = fromNanos(at)
+	var d eventDoc
+	if err := json.Unmarshal([]byte(doc), &d); err != nil {
+		return revision{}, fmt.Errorf("revision %d of %s: %w", r.Revision, r.EventID, err)
 	}
-	copy(k.Hash[:], hash)
-	k.Role = role(r)
-	k.CreatedAt = fromNanos(created)
-	k.LastUsedAt, k.RevokedAt, k.ExpiresAt = fromNullNanos(lastUsed), fromNullNanos(revoked), fromNullNanos(expires)
-	return k, nil
+	r.Event = d.event()
+	return r, nil
 }
 
-// Keys returns every API key record, revoked ones too, oldest first.
-func (st *store) Keys(ctx context.Context) ([]apiKey, error) {
-	rows, err := st.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM api_keys ORDER BY created_at, id`)
+func (st *store) queryRevisions(ctx context.Context, where string, args ...any) ([]revision, error) {
+	rows, err := st.db.QueryContext(ctx, revisionSelect+" "+where, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list keys: %w", err)
+		return nil, storeError("list revisions", err)
 	}
 	defer rows.Close()
-	var keys []apiKey
+	var out []revision
 	for rows.Next() {
-		k, err := scanKey(rows)
+		r, err := scanRevision(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list keys: %w", err)
+			return nil, storeError("list revisions", err)
 		}
-		keys = append(keys, k)
+		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list keys: %w", err)
+		return nil, storeError("list revisions", err)
 	}
-	return keys, nil
+	return out, nil
 }
 
-// KeyByHash returns the key whose SHA-256 is hash, or errNotFound.
-func (st *store) KeyByHash(ctx context.Context, hash [sha256.Size]byte) (apiKey, error) {
-	k, err := scanKey(st.db.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE hash = ?`, hash[:]))
-	if errors.Is(err, sql.ErrNoRows) {
-		return apiKey{}, errNotFound
+// Revisions returns up to limit revisions of an event, newest first, older than before
+// (0 for the newest).
+func (st *store) Revisions(ctx context.Context, eventID string, before int64, limit int) ([]revision, error) {
+	if before == 0 {
+		before = 1 << 62
 	}
-	if err != nil {
-		return apiKey{}, fmt.Errorf("get key: %w", err)
-	}
-	return k, nil
+	return st.queryRevisions(ctx, `WHERE r.event_id = ? AND r.revision < ? ORDER BY r.revision DESC LIMIT ?`, eventID, before, limit)
 }
 
-// HasKeys reports whether any API key, revoked or not, exists.
-func (st *store) HasKeys(ctx context.Context) (bool, error) {
-	var n int
-	if err := st.db.QueryRowContext(ctx, `SELECT count(*) FROM api_keys`).Scan(&n); err != nil {
-		return false, fmt.Errorf("count keys: %w", err)
-	}
-	return n > 0, nil
+// auditCursor is where a page of the audit log ended.
+type auditCursor struct {
+	At       int64  `json:"t"`
+	EventID  string `json:"e"`
+	Revision int64  `json:"r"`
+	Filter   string `json:"f"`
 }
 
-// RevokeKey marks the key revoked at t. Revoking a revoked key keeps the first time.
-// It returns errNotFound when no key has that id.
-func (st *store) RevokeKey(ctx context.Context, id string, t time.Time) error {
-	res, err := st.db.ExecContext(ctx,
-		`UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, t.UnixNano(), id)
-	if err != nil {
-		return fmt.Errorf("revoke key: %w", err)
+// AuditLog returns up to limit revisions across all events, newest first, written at or
+// after since (zero for all), by keyID (empty for any), after the cursor (nil for the start).
+func (st *store) AuditLog(ctx context.Context, since time.Time, keyID string, after *auditCursor, limit int) ([]revision, error) {
+	where := `WHERE r.at >= ?`
+	args := []any{since.UnixNano()}
+	if since.IsZero() {
+		args[0] = int64(-1 << 62)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("revoke key: %w", err)
-	} else if n == 0 {
-		return errNotFound
+	if keyID != "" {
+		where += ` AND r.key_id = ?`
+		args = append(args, keyID)
 	}
-	return nil
+	if after != nil {
+		where += ` AND (r.at, r.event_id, r.revision) < (?, ?, ?)`
+		args = append(args, after.At, after.EventID, after.Revision)
+	}
+	where += ` ORDER BY r.at DESC, r.event_id DESC, r.revision DESC LIMIT ?`
+	return st.queryRevisions(ctx, where, append(args, limit)...)
 }
 
-// TouchKeys records when keys were last used, in one transaction. A time older than the
-// stored one is ignored, so out-of-order flushes never move last_used_at backwards.
-func (st *store) TouchKeys(ctx context.Context, used map[string]time.Time) error {
-	tx, err := st.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("touch keys: %w", err)
-	}
-	defer tx.Rollback()
-	for id, t := range used {
-		if _, err := tx.ExecContext(ctx,
-			`UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?`, t.UnixNano(), id); err != nil {
-			return fmt.Errorf("touch keys: %w", err)
-		}
-	}
-	return tx.Commit()
-}
-
-// dataVersion returns a number that changes whenever another connection, in this process or
-// another, commits a change to the database. conn must be the same connection every time.
-func dataVersion(ctx context.Context, conn *sql.Conn) (int64, error) {
-	var v int64
-	err := conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v)
-	return v, err
-}
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 
 func nullNanos(t time.Time) sql.NullInt64 {
 	if t.IsZero() {

@@ -592,8 +592,10 @@ func (x *CreateEventRequest) GetValidateOnly() bool {
 }
 
 type CreateEventResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// server_time is the instant the event's status and next_start_time are computed for.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -631,6 +633,13 @@ func (*CreateEventResponse) Descriptor() ([]byte, []int) {
 func (x *CreateEventResponse) GetEvent() *Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *CreateEventResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
 	}
 	return nil
 }
@@ -680,8 +689,10 @@ func (x *GetEventRequest) GetId() string {
 }
 
 type GetEventResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// server_time is the instant the event's status and next_start_time are computed for.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -719,6 +730,13 @@ func (*GetEventResponse) Descriptor() ([]byte, []int) {
 func (x *GetEventResponse) GetEvent() *Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *GetEventResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
 	}
 	return nil
 }
@@ -879,8 +897,10 @@ func (x *UpdateEventRequest) GetValidateOnly() bool {
 }
 
 type UpdateEventResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// server_time is the instant the event's status and next_start_time are computed for.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -918,6 +938,13 @@ func (*UpdateEventResponse) Descriptor() ([]byte, []int) {
 func (x *UpdateEventResponse) GetEvent() *Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *UpdateEventResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
 	}
 	return nil
 }
@@ -1118,6 +1145,9 @@ type ListEventsResponse struct {
 	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	// next_page_token is empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// server_time is the instant the events' statuses and next_start_times are computed
+	// for: now, or the request's at.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1166,6 +1196,13 @@ func (x *ListEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+func (x *ListEventsResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
+	}
+	return nil
+}
+
 // Revision is one write to an event, recorded in the write's own transaction.
 type Revision struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1179,7 +1216,9 @@ type Revision struct {
 	Time  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
 	// event is the event as it stood after the write; for a delete, as it stood before.
 	// Its status and next_start_time are not set.
-	Event         *Event `protobuf:"bytes,6,opt,name=event,proto3" json:"event,omitempty"`
+	Event *Event `protobuf:"bytes,6,opt,name=event,proto3" json:"event,omitempty"`
+	// key_name is the name the key was given when it was created, if any.
+	KeyName       string `protobuf:"bytes,7,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1254,6 +1293,13 @@ func (x *Revision) GetEvent() *Event {
 		return x.Event
 	}
 	return nil
+}
+
+func (x *Revision) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
+	}
+	return ""
 }
 
 type ListEventRevisionsRequest struct {
@@ -1557,8 +1603,10 @@ func (x *RestoreEventRequest) GetEtag() string {
 }
 
 type RestoreEventResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// server_time is the instant the event's status and next_start_time are computed for.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1596,6 +1644,13 @@ func (*RestoreEventResponse) Descriptor() ([]byte, []int) {
 func (x *RestoreEventResponse) GetEvent() *Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *RestoreEventResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
 	}
 	return nil
 }
@@ -1661,13 +1716,17 @@ const file_events_proto_rawDesc = "" +
 	"\x06labels\x18\n" +
 	" \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\v \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12#\n" +
-	"\rvalidate_only\x18\f \x01(\bR\fvalidateOnly\">\n" +
+	"\rvalidate_only\x18\f \x01(\bR\fvalidateOnly\"{\n" +
 	"\x13CreateEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"!\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
+	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\"!\n" +
 	"\x0fGetEventRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\";\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"x\n" +
 	"\x10GetEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"\xb7\x04\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
+	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\"\xb7\x04\n" +
 	"\x12UpdateEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -1687,9 +1746,11 @@ const file_events_proto_rawDesc = "" +
 	"\bpriority\x18\v \x01(\x05R\bpriority\x12\x16\n" +
 	"\x06labels\x18\f \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\r \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12#\n" +
-	"\rvalidate_only\x18\x0e \x01(\bR\fvalidateOnly\">\n" +
+	"\rvalidate_only\x18\x0e \x01(\bR\fvalidateOnly\"{\n" +
 	"\x13UpdateEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\"8\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
+	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\"8\n" +
 	"\x12DeleteEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"/\n" +
@@ -1702,17 +1763,20 @@ const file_events_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x03(\x0e2\x17.liveops.v1.EventStatusR\x06status\x12\x16\n" +
 	"\x06labels\x18\x04 \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\x05 \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12*\n" +
-	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"g\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xa4\x01\n" +
 	"\x12ListEventsResponse\x12)\n" +
 	"\x06events\x18\x01 \x03(\v2\x11.liveops.v1.EventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc9\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12;\n" +
+	"\vserver_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\"\xe4\x01\n" +
 	"\bRevision\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x16\n" +
 	"\x06action\x18\x03 \x01(\tR\x06action\x12\x15\n" +
 	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
-	"\x05event\x18\x06 \x01(\v2\x11.liveops.v1.EventR\x05event\"r\n" +
+	"\x05event\x18\x06 \x01(\v2\x11.liveops.v1.EventR\x05event\x12\x19\n" +
+	"\bkey_name\x18\a \x01(\tR\akeyName\"r\n" +
 	"\x19ListEventRevisionsRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -1733,9 +1797,11 @@ const file_events_proto_rawDesc = "" +
 	"\x13RestoreEventRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x12\n" +
-	"\x04etag\x18\x03 \x01(\tR\x04etag\"?\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\"|\n" +
 	"\x14RestoreEventResponse\x12'\n" +
-	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event*w\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
+	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime*w\n" +
 	"\vEventStatus\x12\x1c\n" +
 	"\x18EVENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EVENT_STATUS_UPCOMING\x10\x01\x12\x17\n" +
@@ -1815,45 +1881,50 @@ var file_events_proto_depIdxs = []int32{
 	3,  // 14: liveops.v1.CreateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
 	1,  // 15: liveops.v1.CreateEventRequest.state:type_name -> liveops.v1.EventState
 	4,  // 16: liveops.v1.CreateEventResponse.event:type_name -> liveops.v1.Event
-	4,  // 17: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
-	22, // 18: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	22, // 19: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	23, // 20: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
-	22, // 21: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
-	3,  // 22: liveops.v1.UpdateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
-	1,  // 23: liveops.v1.UpdateEventRequest.state:type_name -> liveops.v1.EventState
-	4,  // 24: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
-	0,  // 25: liveops.v1.ListEventsRequest.status:type_name -> liveops.v1.EventStatus
-	1,  // 26: liveops.v1.ListEventsRequest.state:type_name -> liveops.v1.EventState
-	22, // 27: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
-	4,  // 28: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
-	22, // 29: liveops.v1.Revision.time:type_name -> google.protobuf.Timestamp
-	4,  // 30: liveops.v1.Revision.event:type_name -> liveops.v1.Event
-	15, // 31: liveops.v1.ListEventRevisionsResponse.revisions:type_name -> liveops.v1.Revision
-	22, // 32: liveops.v1.ListAuditLogRequest.since:type_name -> google.protobuf.Timestamp
-	15, // 33: liveops.v1.ListAuditLogResponse.revisions:type_name -> liveops.v1.Revision
-	4,  // 34: liveops.v1.RestoreEventResponse.event:type_name -> liveops.v1.Event
-	5,  // 35: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
-	7,  // 36: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
-	9,  // 37: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
-	11, // 38: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
-	13, // 39: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
-	16, // 40: liveops.v1.EventService.ListEventRevisions:input_type -> liveops.v1.ListEventRevisionsRequest
-	18, // 41: liveops.v1.EventService.ListAuditLog:input_type -> liveops.v1.ListAuditLogRequest
-	20, // 42: liveops.v1.EventService.RestoreEvent:input_type -> liveops.v1.RestoreEventRequest
-	6,  // 43: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
-	8,  // 44: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
-	10, // 45: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
-	12, // 46: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
-	14, // 47: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
-	17, // 48: liveops.v1.EventService.ListEventRevisions:output_type -> liveops.v1.ListEventRevisionsResponse
-	19, // 49: liveops.v1.EventService.ListAuditLog:output_type -> liveops.v1.ListAuditLogResponse
-	21, // 50: liveops.v1.EventService.RestoreEvent:output_type -> liveops.v1.RestoreEventResponse
-	43, // [43:51] is the sub-list for method output_type
-	35, // [35:43] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	22, // 17: liveops.v1.CreateEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	4,  // 18: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
+	22, // 19: liveops.v1.GetEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	22, // 20: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	22, // 21: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	23, // 22: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
+	22, // 23: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	3,  // 24: liveops.v1.UpdateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 25: liveops.v1.UpdateEventRequest.state:type_name -> liveops.v1.EventState
+	4,  // 26: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
+	22, // 27: liveops.v1.UpdateEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 28: liveops.v1.ListEventsRequest.status:type_name -> liveops.v1.EventStatus
+	1,  // 29: liveops.v1.ListEventsRequest.state:type_name -> liveops.v1.EventState
+	22, // 30: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
+	4,  // 31: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
+	22, // 32: liveops.v1.ListEventsResponse.server_time:type_name -> google.protobuf.Timestamp
+	22, // 33: liveops.v1.Revision.time:type_name -> google.protobuf.Timestamp
+	4,  // 34: liveops.v1.Revision.event:type_name -> liveops.v1.Event
+	15, // 35: liveops.v1.ListEventRevisionsResponse.revisions:type_name -> liveops.v1.Revision
+	22, // 36: liveops.v1.ListAuditLogRequest.since:type_name -> google.protobuf.Timestamp
+	15, // 37: liveops.v1.ListAuditLogResponse.revisions:type_name -> liveops.v1.Revision
+	4,  // 38: liveops.v1.RestoreEventResponse.event:type_name -> liveops.v1.Event
+	22, // 39: liveops.v1.RestoreEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	5,  // 40: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
+	7,  // 41: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
+	9,  // 42: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
+	11, // 43: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
+	13, // 44: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
+	16, // 45: liveops.v1.EventService.ListEventRevisions:input_type -> liveops.v1.ListEventRevisionsRequest
+	18, // 46: liveops.v1.EventService.ListAuditLog:input_type -> liveops.v1.ListAuditLogRequest
+	20, // 47: liveops.v1.EventService.RestoreEvent:input_type -> liveops.v1.RestoreEventRequest
+	6,  // 48: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
+	8,  // 49: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
+	10, // 50: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
+	12, // 51: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
+	14, // 52: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
+	17, // 53: liveops.v1.EventService.ListEventRevisions:output_type -> liveops.v1.ListEventRevisionsResponse
+	19, // 54: liveops.v1.EventService.ListAuditLog:output_type -> liveops.v1.ListAuditLogResponse
+	21, // 55: liveops.v1.EventService.RestoreEvent:output_type -> liveops.v1.RestoreEventResponse
+	48, // [48:56] is the sub-list for method output_type
+	40, // [40:48] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }

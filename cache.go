@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/base64"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// This file holds the players' encoded answers: the bytes, their gzip form and ETags, the
+// answer cache that lets every request asking the same thing share them, and serving them
+// with conditional requests and max-age.
+
+// answer is an encoded answer for one query variant, valid for one snapshot generation,
+// within one second of server time (the server_time it carries) and before until, the next
+// instant one of its events changes.
+type answer struct {
+	gen    int64
+	second int64
+	until  time.Time
+	resp   *cachedResponse
+}
+
+func (a *answer) validAt(gen int64, now time.Time) bool {
+	return a != nil && a.gen == gen && a.second == now.Unix() && now.Before(a.until)
+}
+
+// answerCache holds the answers of the current snapshot, one per query variant (a key the
+// handler makes from the normalised query), so that requests asking the same thing share
+// one set of bytes instead of each encoding its own. It is bounded in entries and bytes:
+// past either bound an answer is still made and served, but not kept.
+//
+// Readers load the map without locking. Building an answer happens under mu, so that a
+// burst of requests for one variant encodes it once, and a flood of variants encodes one
+// at a time.
+type answerCache struct {
+	maxEntries int
+	maxBytes   int
+
+	answers atomic.Pointer[map[string]*answer]
+	mu      sync.Mutex
+}
+
+func newAnswerCache(maxEntries, maxBytes int) *answerCache {
+	c := &answerCache{maxEntries: maxEntries, maxBytes: maxBytes}
+	c.answers.Store(&map[string]*answer{})
+	return c
+}
+
+// get returns the answer for key at now from snapshot generation gen, calling build to
+// make it when the cache holds none that is valid. build returns the body, the part of it
+// the ETag is made from, and until when the answer holds.
+func (c *answerCache) get(key string, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
+	if a := (*c.answers.Load())[key]; a.validAt(gen, now) {
+		return a
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur := *c.answers.Load()
+	if a := cur[key]; a.validAt(gen, now) {
+		return a // another request made it while this one waited
+	}
+	body, tagged, until := build()
+	a := &answer{gen: gen, second: now.Unix(), until: until, resp: newCachedResponse(body, tagged)}
+
+	// Keep the answers still valid, and this one if it fits.
+	next := make(map[string]*answer, len(cur)+1)
+	size := 0
+	for k, old := range cur {
+		if k != key && old.validAt(gen, now) {
+			next[k] = old
+			size += old.resp.size()
+		}
+	}
+	if len(next) < c.maxEntries && size+a.resp.size() <= c.maxBytes {
+		next[key] = a
+	}
+	c.answers.Store(&next)
+	return a
+}
+
+// cachedResponse is a JSON body ready to send, with its ETag, made once; its gzip form is
+// made on the first request that accepts gzip.
+type cachedResponse struct {
+	body []byte
+	tag  string // the ETag's opaque part, without quotes
+
+	gzOnce sync.Once
+	gz     []byte // nil when compression would not pay
+}
+
+// minGzipSize is the body size below which gzip is not worth its header and CPU.
+const minGzipSize = 1024
+
+// newCachedResponse prepares body for sending. Its ETag is made from tagged, the part of
+// the body that says something about the events: everything but server_time, which
+// differs from second to second. Two bodies with one ETag are therefore equivalent but not
+// byte for byte the same, which is what a weak ETag (W/"...") says.
+func newCachedResponse(body, tagged []byte) *cachedResponse {
+	sum := sha256.Sum256(tagged)
+	return &cachedResponse{body: body, tag: base64.RawURLEncoding.EncodeToString(sum[:18])}
+}
+
+// size is roughly the memory the response holds.
+func (c *cachedResponse) size() int { return 2 * len(c.body) }
+
+// gzipWriters are reused: a gzip.Writer holds hundreds of kilobytes of state.
+var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(nil) }}
+
+// gzipped returns the gzip form of the body, or nil when it would not be smaller.
+func (c *cachedResponse) gzipped() []byte {
+	c.gzOnce.Do(func() {
+		if len(c.body) < minGzipSize {
+			return
+		}
+		var buf bytes.Buffer
+		zw := gzipWriters.Get().(*gzip.Writer)
+		zw.Reset(&buf)
+		zw.Write(c.body)
+		zw.Close()
+		gzipWriters.Put(zw)
+		if buf.Len() < len(c.body) {
+			c.gz = buf.Bytes()
+		}
+	})
+	return c.gz
+}
+
+// maxCacheAge caps Cache-Control max-age, so that clients and CDNs come back often enough
+// to notice a new event.
+const maxCacheAge = 30 * time.Second
+
+// serveCached writes c, honouring If-None-Match (304) and Accept-Encoding (gzip), with a
+// Cache-Control max-age that does not run past fresh, the time until the answer can change.
+func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fresh time.Duration) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Vary", "Authorization, Accept-Encoding")
+	h.Set("Cache-Control", "max-age="+strconv.Itoa(int(min(max(fresh, 0), maxCacheAge)/time.Second)))
+	body, etag := c.body, `W/"`+c.tag+`"`
+	if len(c.body) >= minGzipSize && acceptsGzip(r.Header["Accept-Encoding"]) {
+		if gz := c.gzipped(); gz != nil {
+			// The gzip form is another representation, so it gets its own ETag.
+			body, etag = gz, `W/"`+c.tag+`-gz"`
+			h.Set("Content-Encoding", "gzip")
+		}
+	}
+	h.Set("Etag", etag)
+	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagListMatches(inm, etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.Write(body)
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip: it names gzip (or *)
+// without q=0.
+func acceptsGzip(values []string) bool {
+	for _, v := range values {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			name, params, _ := strings.Cut(item, ";")
+			name = strings.TrimSpace(name)
+			if !strings.EqualFold(name, "gzip") && name != "*" {
+				continue
+			}
+			q := strings.TrimSpace(params)
+			if q, ok := strings.CutPrefix(q, "q="); ok && strings.Trim(q, "0.") == "" {
+				return false // q=0, q=0.0, q=0.000: explicitly refused
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// etagListMatches reports whether an If-None-Match header matches etag, with the weak
+// comparison RFC 9110 asks for: W/ prefixes are ignored, and * matches anything.
+func etagListMatches(values []string, etag string) bool {
+	etag = strings.TrimPrefix(etag, "W/")
+	for _, v := range values {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			item = strings.TrimSpace(item)
+			if item == "*" || strings.TrimPrefix(item, "W/") == etag {
+				return true
+			}
+		}
+	}
+	return false
+}

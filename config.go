@@ -1,0 +1,187 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything the server reads from its flags and environment.
+type config struct {
+	addr      string
+	db        string
+	logFormat string
+	tlsCert   string
+	tlsKey    string
+	// bootstrapKeysFile receives the keys a first start creates; empty for stdout.
+	bootstrapKeysFile string
+	reloadInterval    time.Duration
+	shutdownTimeout   time.Duration
+	busyTimeout       time.Duration
+	allowTimeTravel   bool
+	limits            limits
+}
+
+// limits bound what one client can make the server hold or do.
+type limits struct {
+	readHeaderTimeout time.Duration
+	readTimeout       time.Duration
+	writeTimeout      time.Duration
+	idleTimeout       time.Duration
+	maxHeaderBytes    int
+	http2MaxStreams   int
+	grpcMaxRecvBytes  int
+	authFailLimit     int
+	authFailWindow    time.Duration
+	authBlock         time.Duration
+}
+
+// parseConfig reads flags, each falling back to an environment variable, then a default.
+// With -h the usage goes to stdout, as asked for; after a mistake it goes to stderr.
+func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) (config, error) {
+	var cfg config
+	fs := newFlagSet("liveops", serverUsage, stderr)
+	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "LIVEOPS_ADDR", ":8080"), "listen address (env LIVEOPS_ADDR)")
+	dbFlag(fs, &cfg.db, getenv)
+	fs.StringVar(&cfg.logFormat, "log-format", envOr(getenv, "LIVEOPS_LOG_FORMAT", "text"), "log format: text or json (env LIVEOPS_LOG_FORMAT)")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", getenv("LIVEOPS_TLS_CERT"), "TLS certificate file; with -tls-key serves HTTPS and HTTP/2 over TLS (env LIVEOPS_TLS_CERT)")
+	fs.StringVar(&cfg.tlsKey, "tls-key", getenv("LIVEOPS_TLS_KEY"), "TLS private key file (env LIVEOPS_TLS_KEY)")
+	fs.StringVar(&cfg.bootstrapKeysFile, "bootstrap-keys-file", getenv("LIVEOPS_BOOTSTRAP_KEYS_FILE"),
+		"when the first start creates keys, write them to this new file (mode 0600) instead of stdout (env LIVEOPS_BOOTSTRAP_KEYS_FILE)")
+	fs.DurationVar(&cfg.reloadInterval, "reload-interval", time.Second, "how often to look for key and event changes made by other processes")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
+	fs.BoolVar(&cfg.allowTimeTravel, "allow-time-travel", getenv("LIVEOPS_ALLOW_TIME_TRAVEL") == "true",
+		"let players' GET /events?at=TIME answer as of another instant, for staging builds (env LIVEOPS_ALLOW_TIME_TRAVEL=true)")
+	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
+	l := &cfg.limits
+	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
+	fs.DurationVar(&l.readTimeout, "read-timeout", 30*time.Second, "time a client has to send a whole request")
+	fs.DurationVar(&l.writeTimeout, "write-timeout", 30*time.Second, "time a response (or a gRPC stream) may take")
+	fs.DurationVar(&l.idleTimeout, "idle-timeout", 2*time.Minute, "how long an idle keep-alive connection stays open")
+	fs.IntVar(&l.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request header block accepted")
+	fs.IntVar(&l.http2MaxStreams, "http2-max-streams", 250, "concurrent HTTP/2 streams (gRPC calls) per connection")
+	fs.IntVar(&l.grpcMaxRecvBytes, "grpc-max-recv-bytes", 1<<20, "largest gRPC request message accepted")
+	fs.IntVar(&l.authFailLimit, "auth-fail-limit", 30, "failed authentications an address may make per -auth-fail-window before it is refused")
+	fs.DurationVar(&l.authFailWindow, "auth-fail-window", time.Minute, "window over which failed authentications are counted")
+	fs.DurationVar(&l.authBlock, "auth-block", 5*time.Minute, "how long an address over -auth-fail-limit is refused")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unknown command or argument %q (see liveops -h)", fs.Arg(0))
+	}
+	if cfg.logFormat != "text" && cfg.logFormat != "json" {
+		return config{}, fmt.Errorf("-log-format must be text or json, got %q", cfg.logFormat)
+	}
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
+	}
+	for name, d := range map[string]time.Duration{
+		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout, "busy-timeout": cfg.busyTimeout,
+		"read-header-timeout": l.readHeaderTimeout, "idle-timeout": l.idleTimeout,
+		"auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
+	} {
+		if d <= 0 {
+			return config{}, fmt.Errorf("-%s must be positive, got %v", name, d)
+		}
+	}
+	if l.readTimeout < 0 || l.writeTimeout < 0 {
+		return config{}, errors.New("-read-timeout and -write-timeout must not be negative (0 turns them off)")
+	}
+	for name, n := range map[string]int{
+		"max-header-bytes": l.maxHeaderBytes, "http2-max-streams": l.http2MaxStreams,
+		"grpc-max-recv-bytes": l.grpcMaxRecvBytes, "auth-fail-limit": l.authFailLimit,
+	} {
+		if n <= 0 {
+			return config{}, fmt.Errorf("-%s must be positive, got %d", name, n)
+		}
+	}
+	return cfg, nil
+}
+
+// dbFlag registers the -db flag that the server and every subcommand share.
+func dbFlag(fs *flag.FlagSet, p *string, getenv func(string) string) {
+	fs.StringVar(p, "db", envOr(getenv, "LIVEOPS_DB", "liveops.db"), "SQLite database file, created if missing (env LIVEOPS_DB)")
+}
+
+func envOr(getenv func(string) string, name, def string) string {
+	if v := getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// serverUsage heads the server's -h.
+const serverUsage = `usage: liveops [flags]                     serve HTTP and gRPC on one port
+       liveops keys create|list|revoke    manage API keys (liveops keys -h)
+       liveops backup [-db FILE] OUT.db   copy the database while it is in use
+       liveops export [-db FILE]          print every event as JSON
+       liveops import [-db FILE] [-dry-run] EVENTS.json
+                                          create or update events from a file
+       liveops version                    print the version and exit
+
+flags:
+`
+
+// newFlagSet returns a flag set that prints usage, then its flags, to stderr after a
+// mistake (parseFlags sends them to stdout when -h asks for them).
+func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args with fs, sending the usage to stdout when -h or -help asked for
+// it: help that was asked for is output, not an error report.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" || a == "--h" {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return flag.ErrHelp
+		}
+	}
+	return fs.Parse(args)
+}
+
+// daysDuration is a flag.Value for a duration that also takes whole days, such as 30d,
+// the unit people give key lifetimes in.
+type daysDuration struct{ d *time.Duration }
+
+func (v daysDuration) String() string {
+	if v.d == nil || *v.d == 0 {
+		return "0"
+	}
+	if *v.d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", *v.d/(24*time.Hour))
+	}
+	return v.d.String()
+}
+
+func (v daysDuration) Set(s string) error {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100*365 {
+			return fmt.Errorf("want a whole number of days such as 30d, got %q", s)
+		}
+		*v.d = time.Duration(n) * 24 * time.Hour
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration such as 30d or 12h, got %q", s)
+	}
+	*v.d = d
+	return nil
+}
