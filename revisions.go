@@ -97,4 +97,3 @@ func (st *store) AuditLog(ctx context.Context, since time.Time, keyID string, af
 	where += ` ORDER BY r.at DESC, r.event_id DESC, r.revision DESC LIMIT ?`
 	return st.queryRevisions(ctx, where, append(args, limit)...)
 }
-
