@@ -255,18 +255,23 @@ func (g *guard) authorize(ctx context.Context, addr string, authorization []stri
 	return k, nil
 }
 
-// callerKey is the context key under which a request carries the key that authenticated it.
-type callerKey struct{}
-
-// withCaller returns ctx carrying k as the caller, for both protocols.
+// withCaller returns ctx carrying k as the caller, for both protocols: in the request's
+// requestInfo, made here when ctx has none.
 func withCaller(ctx context.Context, k *keyEntry) context.Context {
-	return context.WithValue(ctx, callerKey{}, k)
+	info := infoFrom(ctx)
+	if info == nil {
+		ctx, info = withRequestInfo(ctx)
+	}
+	info.caller = k
+	return ctx
 }
 
 // callerFrom returns the key that authenticated the request with context ctx, or nil.
 func callerFrom(ctx context.Context) *keyEntry {
-	k, _ := ctx.Value(callerKey{}).(*keyEntry)
-	return k
+	if info := infoFrom(ctx); info != nil {
+		return info.caller
+	}
+	return nil
 }
 
 // requireRole wraps next so that it runs only for a request carrying a live key of role
@@ -279,14 +284,17 @@ func (g *guard) requireRole(need role, next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		k, err := g.authorize(r.Context(), remoteIP(r.RemoteAddr), r.Header["Authorization"], need)
+		ctx := r.Context()
 		if k != nil {
-			noteCaller(r.Context(), k)
+			// The request's context has its requestInfo (see logRequests), so this adds
+			// no context layer of its own.
+			ctx = withCaller(ctx, k)
 		}
 		if err != nil {
-			writeError(w, r, err)
+			writeError(w, r.WithContext(ctx), err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(withCaller(r.Context(), k)))
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

@@ -137,7 +137,7 @@ func BenchmarkGetEvents(b *testing.B) {
 // fields, as a line per request costs either way.
 func BenchmarkAccessLog(b *testing.B) {
 	e := &accessEntry{end: time.Now(), took: 150 * time.Microsecond, proto: "HTTP/1.1", method: "GET",
-		path: "/events", status: 200, accessNote: accessNote{keyID: "0123456789ab", keyName: "game-client"}}
+		path: "/events", status: 200, keyID: "0123456789ab", keyName: "game-client"}
 	for _, format := range []string{"text", "json"} {
 		b.Run("formatter/"+format, func(b *testing.B) {
 			l := newLogger(format, io.Discard)

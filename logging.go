@@ -84,47 +84,57 @@ func newLogger(format string, w io.Writer) *logger {
 	return l
 }
 
-// accessNote collects, while a request is served, what its access-log line says beyond
-// its status: the key that called and, for a refusal, why.
-type accessNote struct {
-	keyID, keyName string
-	reason         string
+// requestInfo travels in a request's context from its start: the key that called, once
+// checked, and why the request was refused or failed. The access log, which wraps
+// everything, reads it when the request is done.
+type requestInfo struct {
+	caller *keyEntry
+	reason string
 }
 
-type noteKey struct{}
+type infoKey struct{}
 
-// withNote returns ctx carrying a new, empty note for the access log.
-func withNote(ctx context.Context) (context.Context, *accessNote) {
-	n := new(accessNote)
-	return context.WithValue(ctx, noteKey{}, n), n
+// withRequestInfo returns ctx carrying a new, empty requestInfo.
+func withRequestInfo(ctx context.Context) (context.Context, *requestInfo) {
+	info := new(requestInfo)
+	return context.WithValue(ctx, infoKey{}, info), info
 }
 
-// noteCaller records in ctx's note which key made the request.
-func noteCaller(ctx context.Context, k *keyEntry) {
-	if n, ok := ctx.Value(noteKey{}).(*accessNote); ok {
-		n.keyID, n.keyName = k.ID, k.Name
-	}
+func infoFrom(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(infoKey{}).(*requestInfo)
+	return info
 }
 
-// noteReason records in ctx's note why the request was refused or failed.
+// noteReason records in ctx why the request was refused or failed, for the access log.
 func noteReason(ctx context.Context, reason string) {
-	if n, ok := ctx.Value(noteKey{}).(*accessNote); ok {
-		n.reason = reason
+	if info := infoFrom(ctx); info != nil {
+		info.reason = reason
 	}
 }
 
 // accessEntry is one access-log line: an HTTP request, or a gRPC call (proto "grpc", the
 // full method name as path, and code instead of status).
 type accessEntry struct {
-	end    time.Time
-	took   time.Duration
-	proto  string
-	method string // HTTP only
-	path   string
-	status int    // HTTP only
-	code   string // gRPC only: the status code's name
-	failed bool   // a server-side failure (5xx, INTERNAL): logged at level ERROR
-	accessNote
+	end     time.Time
+	took    time.Duration
+	proto   string
+	method  string // HTTP only
+	path    string
+	status  int    // HTTP only
+	code    string // gRPC only: the status code's name
+	failed  bool   // a server-side failure (5xx, INTERNAL): logged at level ERROR
+	keyID   string
+	keyName string
+	reason  string
+}
+
+// from fills in what info says: the caller's key and the reason for a refusal.
+func (e *accessEntry) from(info *requestInfo) *accessEntry {
+	if info.caller != nil {
+		e.keyID, e.keyName = info.caller.ID, info.caller.Name
+	}
+	e.reason = info.reason
+	return e
 }
 
 // access logs one request. Its time is local, with milliseconds, as slog writes times;

@@ -14,7 +14,7 @@ func TestAccessLogLines(t *testing.T) {
 	nasty := "/events/\"x\" level=ERROR\nmsg=forged\x00\xff"
 	entry := func() *accessEntry {
 		return &accessEntry{end: end, took: 1500 * time.Microsecond, proto: "HTTP/1.1", method: "GET", path: nasty, status: 404,
-			accessNote: accessNote{keyID: "abc123", keyName: "game client", reason: "no event with id x"}}
+			keyID: "abc123", keyName: "game client", reason: "no event with id x"}
 	}
 	t.Run("json", func(t *testing.T) {
 		var out bytes.Buffer
@@ -38,7 +38,7 @@ func TestAccessLogLines(t *testing.T) {
 		var out bytes.Buffer
 		l := newLogger("text", &out)
 		e := entry()
-		e.accessNote = accessNote{}
+		e.keyID, e.keyName, e.reason = "", "", ""
 		l.access(e)
 		l.out.Flush()
 		line := out.String()
@@ -55,7 +55,7 @@ func TestAccessLogLines(t *testing.T) {
 		var out bytes.Buffer
 		l := newLogger("json", &out)
 		l.access(&accessEntry{end: end, proto: "grpc", path: "/liveops.v1.EventService/GetEvent", code: "Internal", failed: true,
-			accessNote: accessNote{reason: "get event: disk I/O error"}})
+			reason: "get event: disk I/O error"})
 		l.out.Flush()
 		var rec map[string]any
 		if err := json.Unmarshal(out.Bytes(), &rec); err != nil {

@@ -321,11 +321,12 @@ func refuseBody(next http.Handler) http.Handler {
 // securityHeaders sets the headers every HTTP response carries.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := []string{"nosniff", "no-store"}
 		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
+		h["X-Content-Type-Options"] = v[0:1:1]
 		// Responses depend on the caller's key; no shared cache may keep one unless a
 		// handler says otherwise.
-		h.Set("Cache-Control", "no-store")
+		h["Cache-Control"] = v[1:2:2]
 		next.ServeHTTP(w, r)
 	})
 }
@@ -358,15 +359,15 @@ func (rec *statusRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWri
 func logRequests(log *logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx, note := withNote(r.Context())
+		ctx, info := withRequestInfo(r.Context())
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r.WithContext(ctx))
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
 		e := &accessEntry{end: time.Now(), proto: r.Proto, method: r.Method, path: r.URL.Path,
-			status: rec.status, failed: rec.status >= 500, accessNote: *note}
+			status: rec.status, failed: rec.status >= 500}
 		e.took = e.end.Sub(start)
-		log.access(e)
+		log.access(e.from(info))
 	})
 }
