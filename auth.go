@@ -26,11 +26,15 @@ const (
 // routeRoles says which role each HTTP route needs. addRoutes refuses to register a route
 // missing from it, so a new route cannot ship without a decision about who may call it.
 var routeRoles = map[string]role{
+	"GET /livez":       rolePublic,
+	"GET /readyz":      rolePublic,
 	"GET /healthz":     rolePublic,
 	"GET /events":      roleHTTPUser,
 	"GET /events/{id}": roleHTTPUser,
 	// The catch-alls only ever answer 404 or 405.
 	"/":            rolePublic,
+	"/livez":       rolePublic,
+	"/readyz":      rolePublic,
 	"/healthz":     rolePublic,
 	"/events":      rolePublic,
 	"/events/{id}": rolePublic,

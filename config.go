@@ -35,6 +35,8 @@ type limits struct {
 	maxHeaderBytes    int
 	http2MaxStreams   int
 	grpcMaxRecvBytes  int
+	grpcStreamMaxAge  time.Duration
+	maxInFlight       int
 	authFailLimit     int
 	authFailWindow    time.Duration
 	authBlock         time.Duration
@@ -62,9 +64,11 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&l.readTimeout, "read-timeout", 30*time.Second, "time a client has to send a whole request")
 	fs.DurationVar(&l.writeTimeout, "write-timeout", 30*time.Second, "time a response (or a gRPC stream) may take")
 	fs.DurationVar(&l.idleTimeout, "idle-timeout", 2*time.Minute, "how long an idle keep-alive connection stays open")
-	fs.IntVar(&l.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request header block accepted")
+	fs.IntVar(&l.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request header block accepted; larger gets 431")
 	fs.IntVar(&l.http2MaxStreams, "http2-max-streams", 250, "concurrent HTTP/2 streams (gRPC calls) per connection")
-	fs.IntVar(&l.grpcMaxRecvBytes, "grpc-max-recv-bytes", 1<<20, "largest gRPC request message accepted")
+	fs.IntVar(&l.grpcMaxRecvBytes, "grpc-max-recv-bytes", 1<<20, "largest gRPC request message accepted, after decompression")
+	fs.DurationVar(&l.grpcStreamMaxAge, "grpc-stream-max-age", 30*time.Minute, "how long a gRPC stream (a health Watch) may stay open before it is ended with UNAVAILABLE, to be reopened")
+	fs.IntVar(&l.maxInFlight, "max-in-flight", 2048, "requests served at once, over all connections; more are refused with 503 / UNAVAILABLE")
 	fs.IntVar(&l.authFailLimit, "auth-fail-limit", 30, "failed authentications an address may make per -auth-fail-window before it is refused")
 	fs.DurationVar(&l.authFailWindow, "auth-fail-window", time.Minute, "window over which failed authentications are counted")
 	fs.DurationVar(&l.authBlock, "auth-block", 5*time.Minute, "how long an address over -auth-fail-limit is refused")
@@ -83,7 +87,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	for name, d := range map[string]time.Duration{
 		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout, "busy-timeout": cfg.busyTimeout,
 		"read-header-timeout": l.readHeaderTimeout, "idle-timeout": l.idleTimeout,
-		"auth-fail-window": l.authFailWindow, "auth-block": l.authBlock,
+		"auth-fail-window": l.authFailWindow, "auth-block": l.authBlock, "grpc-stream-max-age": l.grpcStreamMaxAge,
 	} {
 		if d <= 0 {
 			return config{}, fmt.Errorf("-%s must be positive, got %v", name, d)
@@ -94,7 +98,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	for name, n := range map[string]int{
 		"max-header-bytes": l.maxHeaderBytes, "http2-max-streams": l.http2MaxStreams,
-		"grpc-max-recv-bytes": l.grpcMaxRecvBytes, "auth-fail-limit": l.authFailLimit,
+		"grpc-max-recv-bytes": l.grpcMaxRecvBytes, "auth-fail-limit": l.authFailLimit, "max-in-flight": l.maxInFlight,
 	} {
 		if n <= 0 {
 			return config{}, fmt.Errorf("-%s must be positive, got %d", name, n)

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,12 +23,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/gzip" // accept gzip-compressed calls
 	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -39,16 +40,18 @@ import (
 )
 
 // newGRPCServer returns the gRPC server with the event service, health and reflection
-// registered, and every call (known or not) going through authentication, the one error
-// mapping and the access log.
-func newGRPCServer(st *store, rm *readModel, g *guard, maxRecvBytes int, log *logger) (*grpc.Server, *health.Server) {
+// registered, and every call going through the one error mapping. Keys are checked before
+// a call gets here, by grpcGate.
+func newGRPCServer(st *store, rm *readModel, lim limits, shutdown <-chan struct{}, log *logger) (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.ForceServerCodecV2(preEncodedCodec{encoding.GetCodecV2(protoenc.Name)}),
-		grpc.MaxRecvMsgSize(maxRecvBytes),
-		grpc.UnaryInterceptor(unaryInterceptor(g, log)),
-		grpc.StreamInterceptor(streamInterceptor(g, log)),
-		// Unknown services and methods pass through the stream interceptor like any other
-		// call, so without a key they are UNAUTHENTICATED rather than UNIMPLEMENTED.
+		// The limit holds for a message after decompression too, so a small gzip bomb
+		// is refused like a large message.
+		grpc.MaxRecvMsgSize(lim.grpcMaxRecvBytes),
+		grpc.UnaryInterceptor(unaryInterceptor(lim.writeTimeout)),
+		grpc.StreamInterceptor(streamInterceptor(lim.grpcStreamMaxAge, shutdown)),
+		// grpcGate lets an unknown method through only with an admin key, so the API
+		// cannot be enumerated without one.
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
 			return status.Error(codes.Unimplemented, "unknown service or method")
 		}),
@@ -517,49 +520,151 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) *status.Sta
 	return st
 }
 
-// authorizeRPC checks the key in the call's metadata against the role the method needs and
-// returns a context carrying the key.
-func authorizeRPC(ctx context.Context, g *guard, method string) (context.Context, *keyEntry, error) {
-	need := rpcRole(method)
-	if need == rolePublic {
-		return ctx, nil, nil
-	}
-	var addr string
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		addr = remoteIP(p.Addr.String())
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	k, err := g.authorize(ctx, addr, md.Get("authorization"), need)
-	if err != nil {
-		return ctx, k, err
-	}
-	return withCaller(ctx, k), k, nil
+// grpcGate is the front door of every gRPC call. It decides on the key from the headers
+// alone, before grpc-go reads a byte of the body (grpc-go's ServeHTTP reads a whole message
+// before any interceptor runs), so that a caller without a valid key gets
+// UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED at once, whatever it sends
+// after. It refuses codecs liveops does not serve, bounds the calls in flight, and writes
+// one access-log line for every call it answers, grpc-go's own refusals included.
+func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ctx, info := withRequestInfo(r.Context())
+		method := r.URL.Path
+		// Every encoding liveops accepts: grpc-go answers in the one the call used.
+		w.Header().Set("Grpc-Accept-Encoding", "gzip")
+		st := func() *status.Status {
+			if need := rpcRole(method); need != rolePublic {
+				k, err := g.authorize(ctx, remoteIP(r.RemoteAddr), r.Header["Authorization"], need)
+				if k != nil {
+					info.caller = k
+				}
+				if err != nil {
+					s, _ := grpcStatus(err)
+					return s
+				}
+			}
+			if sub := grpcSubtype(r.Header.Get("Content-Type")); sub != "" && sub != "proto" {
+				return status.Newf(codes.Unimplemented, "content-type application/grpc+%s is not served: liveops speaks application/grpc (protobuf)", sub)
+			}
+			if !inflight.acquire() {
+				return status.New(codes.Unavailable, errTooBusy.Error())
+			}
+			return nil
+		}()
+		if st != nil {
+			info.reason = st.Message()
+			writeGRPCStatus(w, st)
+		} else {
+			defer inflight.release()
+			// grpc-go's ServeHTTP needs a Flusher; this records nothing but passes it on.
+			gs.ServeHTTP(flushWriter{w}, r.WithContext(ctx))
+		}
+		code := codes.Unknown
+		if n, err := strconv.Atoi(w.Header().Get("Grpc-Status")); err == nil {
+			code = codes.Code(n)
+		}
+		e := &accessEntry{end: time.Now(), proto: "grpc", path: method, code: code.String(),
+			failed: code == codes.Internal || code == codes.Unknown || code == codes.DataLoss}
+		e.took = e.end.Sub(start)
+		log.access(e.from(info))
+	})
 }
 
-func unaryInterceptor(g *guard, log *logger) grpc.UnaryServerInterceptor {
+// flushWriter is w, with the Flusher grpc-go insists on seeing in the method set.
+type flushWriter struct{ http.ResponseWriter }
+
+func (f flushWriter) Flush() { http.NewResponseController(f.ResponseWriter).Flush() }
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (f flushWriter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
+
+// grpcSubtype returns the codec a gRPC Content-Type names: "" for application/grpc,
+// "proto" for application/grpc+proto, "json" for application/grpc+json.
+func grpcSubtype(contentType string) string {
+	rest, _ := strings.CutPrefix(contentType, "application/grpc")
+	rest, _, _ = strings.Cut(rest, ";")
+	return strings.ToLower(strings.TrimSpace(strings.TrimPrefix(rest, "+")))
+}
+
+// writeGRPCStatus answers a gRPC call with st alone, a trailers-only response, without
+// reading its body.
+func writeGRPCStatus(w http.ResponseWriter, st *status.Status) {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(int(st.Code())))
+	h.Set("Grpc-Message", encodeGRPCMessage(st.Message()))
+	if p := st.Proto(); len(p.GetDetails()) > 0 {
+		if b, err := proto.Marshal(p); err == nil {
+			h.Set("Grpc-Status-Details-Bin", base64.RawStdEncoding.EncodeToString(b))
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// encodeGRPCMessage percent-encodes a status message as the gRPC protocol asks: every byte
+// outside printable ASCII, and '%' itself.
+func encodeGRPCMessage(msg string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&0xf])
+	}
+	return b.String()
+}
+
+// unaryInterceptor gives every unary call the -write-timeout as its deadline and maps its
+// error to a status.
+func unaryInterceptor(timeout time.Duration) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
-		ctx, k, err := authorizeRPC(ctx, g, info.FullMethod)
-		var resp any
-		if err == nil {
-			resp, err = handler(ctx, req)
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
 		}
-		return resp, finishRPC(log, info.FullMethod, k, err, start)
+		resp, err := handler(ctx, req)
+		return resp, finishRPC(ctx, err)
 	}
 }
 
-func streamInterceptor(g *guard, log *logger) grpc.StreamServerInterceptor {
+// Why a stream was ended by the server rather than by its client or its handler.
+var (
+	errStreamAge    = errors.New("the stream reached its maximum age (-grpc-stream-max-age); open a new one")
+	errShuttingDown = errors.New("the server is shutting down; reconnect")
+)
+
+// streamInterceptor gives every stream a lifetime: after maxAge, or when the server starts
+// shutting down, the stream ends with UNAVAILABLE and a message saying why, which clients
+// take as "reconnect" (a health Watch does so by itself).
+func streamInterceptor(maxAge time.Duration, shutdown <-chan struct{}) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		start := time.Now()
-		ctx, k, err := authorizeRPC(ss.Context(), g, info.FullMethod)
-		if err == nil {
-			err = handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+		ctx, cancel := context.WithCancelCause(ss.Context())
+		defer cancel(nil)
+		age := time.AfterFunc(maxAge, func() { cancel(errStreamAge) })
+		defer age.Stop()
+		go func() {
+			select {
+			case <-shutdown:
+				cancel(errShuttingDown)
+			case <-ctx.Done():
+			}
+		}()
+		err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+		if cause := context.Cause(ctx); cause == errStreamAge || cause == errShuttingDown {
+			err = status.Error(codes.Unavailable, cause.Error())
 		}
-		return finishRPC(log, info.FullMethod, k, err, start)
+		return finishRPC(ctx, err)
 	}
 }
 
-// contextStream is a ServerStream whose Context carries the caller's key.
+// contextStream is a ServerStream with a context of its own.
 type contextStream struct {
 	grpc.ServerStream
 	ctx context.Context
@@ -567,20 +672,16 @@ type contextStream struct {
 
 func (s *contextStream) Context() context.Context { return s.ctx }
 
-// finishRPC maps a call's error to its status, writes the access-log line and returns the
+// finishRPC maps a call's error to its status, notes for the access log why it failed (the
+// cause itself, for an internal error, which the caller never sees) and returns the
 // status error for gRPC to send.
-func finishRPC(log *logger, method string, k *keyEntry, err error, start time.Time) error {
+func finishRPC(ctx context.Context, err error) error {
 	st, internal := grpcStatus(err)
-	e := &accessEntry{end: time.Now(), proto: "grpc", path: method, code: st.Code().String(), failed: internal}
-	e.took = e.end.Sub(start)
-	if k != nil {
-		e.keyID, e.keyName = k.ID, k.Name
+	switch {
+	case internal:
+		noteReason(ctx, err.Error())
+	case err != nil:
+		noteReason(ctx, st.Message())
 	}
-	if internal {
-		e.reason = err.Error()
-	} else if err != nil {
-		e.reason = st.Message()
-	}
-	log.access(e)
 	return st.Err()
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -229,20 +228,6 @@ func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool) http
 			return body, tagged, v.until
 		})
 		serveCached(w, r, a.resp, a.until.Sub(now))
-	})
-}
-
-// handleHealthz answers 200 when the database answers a query within a second, 503 otherwise.
-func handleHealthz(st *store) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-		defer cancel()
-		if err := st.ping(ctx); err != nil {
-			noteReason(r.Context(), "database ping failed: "+err.Error())
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"sync"
@@ -136,3 +137,25 @@ func (l *failureLimiter) evictSome(now time.Time) bool {
 	l.tracked.Store(int64(len(l.clients)))
 	return freed > 0
 }
+
+// inFlight bounds the requests being served at once, over every connection: each holds a
+// goroutine and a write buffer until its answer is written, and a client that stops
+// reading (a zero flow-control window) can hold them for as long as it likes. Past max,
+// new requests are refused at once with a status that says to retry, never queued.
+type inFlight struct {
+	n   atomic.Int64
+	max int64
+}
+
+// errTooBusy is the refusal's message.
+var errTooBusy = errors.New("too many requests in flight on this server; retry shortly")
+
+func (f *inFlight) acquire() bool {
+	if f.n.Add(1) > f.max {
+		f.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (f *inFlight) release() { f.n.Add(-1) }

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/status"
 )
 
 // run is the whole program: main only calls it. It runs a subcommand, or parses the
@@ -74,6 +76,7 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
 	background.Go(func() { watchDatabase(watchCtx, st, svc.keys, svc.events, log, cfg.reloadInterval, time.Minute) })
+	background.Go(func() { svc.ready.run(watchCtx, cfg.reloadInterval) })
 	// Access-log lines are written in batches; this writes each batch out.
 	background.Go(func() {
 		tick := time.NewTicker(100 * time.Millisecond)
@@ -105,6 +108,7 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 
 	log.Info("shutting down", "grace", cfg.shutdownTimeout.String())
 	svc.health.Shutdown() // health answers NOT_SERVING to anyone still asking
+	close(svc.shutdown)   // streams end with UNAVAILABLE, so their clients reconnect elsewhere
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	defer cancel()
 	// Shutdown waits for in-flight requests, gRPC calls included: on the ServeHTTP path they
@@ -124,9 +128,12 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 type service struct {
 	keys    *keyring
 	events  *readModel
+	ready   *readiness
 	grpc    *grpc.Server
 	health  *health.Server
 	handler http.Handler // both protocols, on one port
+	// shutdown is closed when the server starts shutting down, ending gRPC streams.
+	shutdown chan struct{}
 }
 
 func newService(ctx context.Context, cfg config, st *store, now func() time.Time, log *logger) (*service, error) {
@@ -140,10 +147,14 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	}
 	lim := cfg.limits
 	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now)}
-	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, log)
+	shutdown := make(chan struct{})
+	gs, hs := newGRPCServer(st, rm, lim, shutdown, log)
+	ready := newReadiness(st, hs, log)
+	inflight := &inFlight{max: int64(lim.maxInFlight)}
 	mux := http.NewServeMux()
-	addRoutes(mux, g, st, rm, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel)
-	return &service{keys: kr, events: rm, grpc: gs, health: hs, handler: newHandler(mux, gs, log)}, nil
+	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel)
+	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown,
+		handler: newHandler(mux, grpcGate(gs, g, inflight, log), inflight, lim, log)}, nil
 }
 
 // The answer cache's bounds: enough for every variant a game's clients ask in one second,
@@ -235,7 +246,9 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 		ReadTimeout:       lim.readTimeout,
 		WriteTimeout:      lim.writeTimeout,
 		IdleTimeout:       lim.idleTimeout,
-		MaxHeaderBytes:    lim.maxHeaderBytes,
+		// limitRequests enforces maxHeaderBytes with a JSON 431; net/http's own cap, which
+		// answers in plain text, only stops blocks too big to read at all.
+		MaxHeaderBytes: 2 * lim.maxHeaderBytes,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: lim.http2MaxStreams,
 			// A peer that stops answering pings is gone; free its streams.
@@ -252,22 +265,71 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 }
 
 // newHandler returns the one handler that serves both protocols on one port: HTTP/2
-// requests with a gRPC content type go to the gRPC server, everything else to the mux.
-func newHandler(mux *http.ServeMux, gs *grpc.Server, log *logger) http.Handler {
-	httpHandler := logRequests(log, securityHeaders(mux))
-	grpcOverHTTP1 := logRequests(log, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, &httpError{http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS"})
-	})))
+// requests with a gRPC content type go to grpcGate and on to the gRPC server, everything
+// else to the mux. It bounds, for both, the header block and the requests in flight.
+func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim limits, log *logger) http.Handler {
+	httpHandler := logRequests(log, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, mux)))
+	refuse := func(status int, msg string) http.Handler {
+		return logRequests(log, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, r, &httpError{status, msg})
+		})))
+	}
+	grpcOverHTTP1 := refuse(http.StatusBadRequest, "gRPC needs HTTP/2: use h2c (HTTP/2 without TLS, prior knowledge) or TLS")
+	grpcWeb := refuse(http.StatusUnsupportedMediaType,
+		"gRPC-Web is not served: use gRPC over HTTP/2 (h2c or TLS), or put a gRPC-Web proxy such as Envoy in front")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ct := r.Header.Get("Content-Type")
 		switch {
-		case !isGRPC(r.Header.Get("Content-Type")):
-			httpHandler.ServeHTTP(w, r)
-		case r.ProtoMajor == 2:
-			gs.ServeHTTP(w, r)
-		default:
+		case isGRPC(ct) && r.ProtoMajor == 2:
+			if headerBytes(r) > lim.maxHeaderBytes {
+				writeGRPCStatus(w, status.Newf(codes.ResourceExhausted, "request metadata is %d bytes; the limit is %d", headerBytes(r), lim.maxHeaderBytes))
+				return
+			}
+			grpcGate.ServeHTTP(w, r)
+		case isGRPC(ct):
 			grpcOverHTTP1.ServeHTTP(w, r)
+		case strings.HasPrefix(ct, "application/grpc-web"):
+			grpcWeb.ServeHTTP(w, r)
+		default:
+			httpHandler.ServeHTTP(w, r)
 		}
 	})
+}
+
+// limitRequests refuses, before any route runs, a request whose header block is over
+// maxHeaderBytes (431; net/http itself lets up to 4 KiB more through) and, but for
+// liveness probes, one that would take the requests in flight past their bound (503).
+func limitRequests(maxHeaderBytes int, inflight *inFlight, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n := headerBytes(r); n > maxHeaderBytes {
+			w.Header().Set("Connection", "close")
+			writeError(w, r, &httpError{http.StatusRequestHeaderFieldsTooLarge,
+				fmt.Sprintf("request header block is %d bytes; the limit is %d", n, maxHeaderBytes)})
+			return
+		}
+		if r.URL.Path != "/livez" {
+			if !inflight.acquire() {
+				w.Header().Set("Retry-After", "1")
+				writeError(w, r, &httpError{http.StatusServiceUnavailable, errTooBusy.Error()})
+				return
+			}
+			defer inflight.release()
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// headerBytes is the size of r's header block as it came over HTTP/1.1: the request line
+// and each field as "Name: value\r\n". HTTP/2 sends less for the same fields, so one
+// count and one limit hold for both.
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len(r.Proto) + 2
+	for name, values := range r.Header {
+		for _, v := range values {
+			n += len(name) + 2 + len(v) + 2
+		}
+	}
+	return n + len(r.Host) + len("Host: \r\n")
 }
 
 // isGRPC reports whether a Content-Type is gRPC's: application/grpc, or a subtype such as
@@ -280,7 +342,7 @@ func isGRPC(contentType string) bool {
 // addRoutes lists the whole HTTP API: each route with the query parameters it takes. Each
 // is wrapped in the role routeRoles gives it, and registering a route missing from
 // routeRoles panics, so no route ships without a decision about who may call it.
-func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, answers *answerCache, allowTimeTravel bool) {
+func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache, allowTimeTravel bool) {
 	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
@@ -294,11 +356,15 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, answers *
 		}
 		mux.Handle(pattern, h)
 	}
-	handle("GET /healthz", nil, handleHealthz(st))
+	handle("GET /livez", nil, handleLivez())
+	handle("GET /readyz", nil, handleReadyz(ready))
+	handle("GET /healthz", nil, handleReadyz(ready)) // the name older probes use; the same as /readyz
 	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel))
 	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel))
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.
+	handle("/livez", nil, handleMethodNotAllowed("GET, HEAD"))
+	handle("/readyz", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/healthz", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/events", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/events/{id}", nil, handleMethodNotAllowed("GET, HEAD"))

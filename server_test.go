@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -628,20 +629,27 @@ func TestHTTPErrors(t *testing.T) {
 	}
 }
 
-func TestHealthzReportsDatabaseFailure(t *testing.T) {
+func TestReadyzReportsDatabaseFailure(t *testing.T) {
 	st := newTestStore(t)
-	h := handleHealthz(st)
-	check := func(want int) {
+	hs := health.NewServer()
+	rd := newReadiness(st, hs, newLogger("text", io.Discard))
+	h := handleReadyz(rd)
+	check := func(want int, wantHealth healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
+		rd.probe(context.Background())
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
 		if rec.Code != want {
-			t.Fatalf("GET /healthz = %d %s; want %d", rec.Code, rec.Body, want)
+			t.Fatalf("GET /readyz = %d %s; want %d", rec.Code, rec.Body, want)
+		}
+		got, err := hs.Check(context.Background(), &healthpb.HealthCheckRequest{})
+		if err != nil || got.GetStatus() != wantHealth {
+			t.Fatalf("health = %v, %v; want %v", got.GetStatus(), err, wantHealth)
 		}
 	}
-	check(200)
+	check(200, healthpb.HealthCheckResponse_SERVING)
 	st.Close()
-	check(503)
+	check(503, healthpb.HealthCheckResponse_NOT_SERVING)
 }
 
 func TestShutdownReturnsCleanly(t *testing.T) {

@@ -28,6 +28,9 @@ import (
 type store struct {
 	db  *sql.DB
 	now func() time.Time
+	// probe opens a new connection for every use (it keeps none idle), so that
+	// CheckWritable sees the database as a new connection would.
+	probe *sql.DB
 }
 
 // Errors the store returns. Each protocol maps them to its own status in one place.
@@ -100,7 +103,13 @@ func openStoreAs(ctx context.Context, path string, now func() time.Time, migrate
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	st := &store{db: db, now: now}
+	probe, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	probe.SetMaxIdleConns(0)
+	st := &store{db: db, now: now, probe: probe}
 	if migrate {
 		err = st.migrate(ctx)
 	} else {
@@ -110,7 +119,7 @@ func openStoreAs(ctx context.Context, path string, now func() time.Time, migrate
 		}
 	}
 	if err != nil {
-		db.Close()
+		st.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	return st, nil
@@ -140,7 +149,31 @@ func checkDatabaseDir(path string) error {
 }
 
 // Close closes the database.
-func (st *store) Close() error { return st.db.Close() }
+func (st *store) Close() error {
+	st.probe.Close()
+	return st.db.Close()
+}
+
+// CheckWritable reports whether a new connection could write now, by taking the write
+// lock and letting it go: nil, or an error that says why not (errReadOnly, errBusy).
+func (st *store) CheckWritable(ctx context.Context) error {
+	tx, err := st.probe.BeginTx(ctx, nil) // BEGIN IMMEDIATE: takes the write lock
+	if err == nil {
+		err = tx.Commit()
+	}
+	return storeError("check writable", err)
+}
+
+// DiscardIdleConnections closes the pool's idle connections, so that the next statement
+// opens a new one. A connection opened while the file could not be written is read-only
+// for good; without this, writes would keep failing after the fault cleared.
+func (st *store) DiscardIdleConnections() {
+	st.db.SetMaxIdleConns(0)
+	st.db.SetMaxIdleConns(defaultMaxIdleConns)
+}
+
+// defaultMaxIdleConns is database/sql's default, restored after DiscardIdleConnections.
+const defaultMaxIdleConns = 2
 
 // migrations are applied in order; PRAGMA user_version records how many have run.
 // Append new ones; never edit or reorder one that has shipped.
@@ -227,17 +260,22 @@ func (st *store) migrate(ctx context.Context) error {
 }
 
 // inTx runs fn in a write transaction and commits it when fn succeeds. Every error comes
-// back through storeError, wrapped with op.
+// back through storeError, wrapped with op. After a read-only or I/O failure the idle
+// connections are dropped, so that writes recover by themselves once the fault clears.
 func (st *store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
 	tx, err := st.db.BeginTx(ctx, nil)
-	if err != nil {
-		return storeError(op, err)
+	if err == nil {
+		if err = fn(tx); err == nil {
+			err = tx.Commit()
+		} else {
+			tx.Rollback()
+		}
 	}
-	defer tx.Rollback()
-	if err := fn(tx); err != nil {
-		return storeError(op, err)
+	err = storeError(op, err)
+	if errors.Is(err, errReadOnly) {
+		st.DiscardIdleConnections()
 	}
-	return storeError(op, tx.Commit())
+	return err
 }
 
 // storeError wraps err with op, turning SQLite's busy, full and read-only conditions into

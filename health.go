@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// This file answers the two questions an orchestrator asks, the way Kubernetes asks them:
+// is the process alive (/livez: it serves HTTP; nothing else is looked at, so a flood or a
+// sick database never gets a healthy instance killed), and may it take traffic (/readyz:
+// the snapshot is loaded and the database answers reads; whether it takes writes is
+// reported apart). The gRPC health service follows readiness.
+
+// eventService is the name the gRPC health service reports the admin API under.
+const eventService = "liveops.v1.EventService"
+
+// readiness holds the last verdict of the probes, which run off the request path every
+// interval, so that /readyz and the health service answer from memory even when the
+// instance is flooded. An empty reason means ok.
+type readiness struct {
+	st    *store
+	hs    *health.Server
+	log   *logger
+	reads atomic.Pointer[string]
+	// writes says why writes cannot succeed now: the database file is read-only, the disk
+	// failed, or another process holds the write lock.
+	writes atomic.Pointer[string]
+}
+
+func newReadiness(st *store, hs *health.Server, log *logger) *readiness {
+	rd := &readiness{st: st, hs: hs, log: log}
+	ok := ""
+	rd.reads.Store(&ok)
+	rd.writes.Store(&ok)
+	rd.publish()
+	return rd
+}
+
+// run probes every interval until ctx ends.
+func (rd *readiness) run(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		rd.probe(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// probe asks the database whether it answers a read and whether a new connection may
+// write, each within a second, and publishes the verdict.
+func (rd *readiness) probe(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	reads, writes := "", ""
+	if err := rd.st.ping(pctx); err != nil {
+		reads = "the database does not answer reads: " + err.Error()
+	}
+	if err := rd.st.CheckWritable(pctx); err != nil {
+		writes = err.Error()
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the probe was cut, not failed
+	}
+	rd.set(reads, writes)
+}
+
+// set records a verdict, logs a change, and updates the gRPC health service.
+func (rd *readiness) set(reads, writes string) {
+	oldReads, oldWrites := rd.reads.Swap(&reads), rd.writes.Swap(&writes)
+	if *oldReads != reads {
+		rd.log.Warn("readiness for reads changed", "ok", reads == "", "reason", reads)
+	}
+	if *oldWrites != writes {
+		rd.log.Warn("readiness for writes changed", "ok", writes == "", "reason", writes)
+		if writes == "" {
+			// Connections opened while the fault lasted may have opened read-only, and
+			// would stay so: drop them, so that the next write gets a fresh one.
+			rd.st.DiscardIdleConnections()
+		}
+	}
+	rd.publish()
+}
+
+// publish sets the gRPC health statuses: the whole server ("") is serving while it can
+// answer reads, the admin API while it can also write.
+func (rd *readiness) publish() {
+	reads, writes := *rd.reads.Load() == "", *rd.writes.Load() == ""
+	status := func(ok bool) healthpb.HealthCheckResponse_ServingStatus {
+		if ok {
+			return healthpb.HealthCheckResponse_SERVING
+		}
+		return healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	rd.hs.SetServingStatus("", status(reads))
+	rd.hs.SetServingStatus(eventService, status(reads && writes))
+}
+
+// readyJSON is the body of /readyz: whether the instance may take traffic, and each part.
+type readyJSON struct {
+	Status string `json:"status"` // ready or not ready
+	Reads  string `json:"reads"`  // ok, or why not
+	Writes string `json:"writes"` // ok, or why not
+}
+
+// handleReadyz answers 200 while the instance can serve reads and 503 otherwise, with
+// reads and writes reported apart: a read-only database still serves players.
+func handleReadyz(rd *readiness) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := readyJSON{Status: "ready", Reads: orOK(*rd.reads.Load()), Writes: orOK(*rd.writes.Load())}
+		code := http.StatusOK
+		if body.Reads != "ok" {
+			body.Status, code = "not ready", http.StatusServiceUnavailable
+			noteReason(r.Context(), body.Reads)
+		}
+		writeJSON(w, code, body)
+	})
+}
+
+// handleLivez answers 200 whenever the process serves HTTP at all.
+func handleLivez() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+	})
+}
+
+func orOK(reason string) string {
+	if reason == "" {
+		return "ok"
+	}
+	return reason
+}
