@@ -266,13 +266,15 @@ func withCaller(ctx context.Context, k *keyEntry) context.Context {
 	if info == nil {
 		ctx, info = withRequestInfo(ctx)
 	}
-	info.caller = k
+	info.setCaller(k)
 	return ctx
 }
 
 // callerFrom returns the key that authenticated the request with context ctx, or nil.
 func callerFrom(ctx context.Context) *keyEntry {
 	if info := infoFrom(ctx); info != nil {
+		info.mu.Lock()
+		defer info.mu.Unlock()
 		return info.caller
 	}
 	return nil

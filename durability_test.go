@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -717,5 +720,83 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		}
 		st.Close()
 		t.Logf("round %d: %d reads and %d writes before and during shutdown, all whole", round, reads.Load(), writes.Load())
+	}
+}
+
+func TestReadOnlyDatabaseHealsByItself(t *testing.T) {
+	// The fault is a database file that cannot be written. root writes through any file
+	// mode, so as root the server runs as nobody.
+	dir, err := os.MkdirTemp("", "liveops-ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+		os.Chmod(dir, 0o777)
+	}
+	db, keysFile := filepath.Join(dir, "liveops.db"), filepath.Join(dir, "keys.env")
+	p := startProcessAs(t, cred, "-db", db, "-bootstrap-keys-file", keysFile, "-reload-interval", "100ms")
+	keys, err := os.ReadFile(keysFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := regexp.MustCompile(`LIVEOPS_ADMIN_KEY=(\S+)`).FindStringSubmatch(string(keys))[1]
+	user := regexp.MustCompile(`LIVEOPS_USER_KEY=(\S+)`).FindStringSubmatch(string(keys))[1]
+	ts := &testServer{addr: p.addr, admin: admin, user: user}
+	ts.dial(t)
+	now := time.Now().UTC()
+	create := func() error {
+		_, err := ts.events.CreateEvent(withKey(admin), createReq("e", now.Add(-time.Hour), now.Add(time.Hour), ""))
+		return err
+	}
+	writes := func() string {
+		_, _, body := ts.get(t, "/readyz", "")
+		var r readyJSON
+		json.Unmarshal(body, &r)
+		return r.Writes
+	}
+	if err := create(); err != nil || writes() != "ok" {
+		t.Fatalf("before the fault: create %v, writes %q", err, writes())
+	}
+
+	// In WAL mode the database is three files; writes need all of them.
+	files := []string{db, db + "-wal", db + "-shm"}
+	for _, f := range files {
+		if err := os.Chmod(f, 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return writes() != "ok" })
+	if !strings.Contains(writes(), "cannot be written") {
+		t.Errorf("/readyz writes = %q; want it to say the database cannot be written", writes())
+	}
+	err = create()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "cannot be written") {
+		t.Fatalf("create during the fault: %v; want UNAVAILABLE saying the database cannot be written", err)
+	}
+	// Reads go on.
+	if code, _, body := ts.get(t, "/events", user); code != 200 || !strings.Contains(string(body), `"title":"e"`) {
+		t.Fatalf("GET /events during the fault: %d %s", code, body)
+	}
+	if code, _, _ := ts.get(t, "/readyz", ""); code != 200 {
+		t.Fatalf("/readyz during a write fault: %d; want 200 (reads are served)", code)
+	}
+	health, err := healthpb.NewHealthClient(ts.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "liveops.v1.EventService"})
+	if err != nil || health.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("EventService health during the fault: %v, %v; want NOT_SERVING", health.GetStatus(), err)
+	}
+
+	for _, f := range files {
+		if err := os.Chmod(f, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return writes() == "ok" })
+	for i := range 20 {
+		if err := create(); err != nil {
+			t.Fatalf("create %d after the fault cleared: %v", i+1, err)
+		}
 	}
 }

@@ -537,7 +537,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.H
 			if need := rpcRole(method); need != rolePublic {
 				k, err := g.authorize(ctx, remoteIP(r.RemoteAddr), r.Header["Authorization"], need)
 				if k != nil {
-					info.caller = k
+					info.setCaller(k)
 				}
 				if err != nil {
 					s, _ := grpcStatus(err)
@@ -553,16 +553,24 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.H
 			return nil
 		}()
 		if st != nil {
-			info.reason = st.Message()
+			info.setReason(st.Message())
 			writeGRPCStatus(w, st)
 		} else {
 			defer inflight.release()
+			// -read-timeout and -write-timeout would cut a stream with RST_STREAM, which
+			// clients see as INTERNAL; the interceptors give each call a deadline instead,
+			// and each stream a maximum age, ended with a status that says why.
+			rc := http.NewResponseController(w)
+			rc.SetReadDeadline(time.Time{})
+			rc.SetWriteDeadline(time.Time{})
 			// grpc-go's ServeHTTP needs a Flusher; this records nothing but passes it on.
 			gs.ServeHTTP(flushWriter{w}, r.WithContext(ctx))
 		}
 		code := codes.Unknown
 		if n, err := strconv.Atoi(w.Header().Get("Grpc-Status")); err == nil {
 			code = codes.Code(n)
+		} else if r.Context().Err() != nil {
+			code = codes.Canceled // the client went away before a status was sent
 		}
 		e := &accessEntry{end: time.Now(), proto: "grpc", path: method, code: code.String(),
 			failed: code == codes.Internal || code == codes.Unknown || code == codes.DataLoss}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -64,7 +65,12 @@ func (rd *readiness) probe(ctx context.Context) {
 	if err := rd.st.ping(pctx); err != nil {
 		reads = "the database does not answer reads: " + err.Error()
 	}
-	if err := rd.st.CheckWritable(pctx); err != nil {
+	switch err := rd.st.CheckWritable(pctx); {
+	case errors.Is(err, errReadOnly):
+		writes = errReadOnly.Error()
+	case errors.Is(err, errBusy), errors.Is(err, context.DeadlineExceeded):
+		writes = "another process holds the database's write lock"
+	case err != nil:
 		writes = err.Error()
 	}
 	if ctx.Err() != nil {
@@ -81,11 +87,10 @@ func (rd *readiness) set(reads, writes string) {
 	}
 	if *oldWrites != writes {
 		rd.log.Warn("readiness for writes changed", "ok", writes == "", "reason", writes)
-		if writes == "" {
-			// Connections opened while the fault lasted may have opened read-only, and
-			// would stay so: drop them, so that the next write gets a fresh one.
-			rd.st.DiscardIdleConnections()
-		}
+		// A connection keeps the access it was opened with: one opened before the fault
+		// may still write, one opened during it stays read-only after. Dropping them
+		// makes writes agree with the probe, both ways.
+		rd.st.DiscardIdleConnections()
 	}
 	rd.publish()
 }

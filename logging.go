@@ -87,9 +87,25 @@ func newLogger(format string, w io.Writer) *logger {
 // requestInfo travels in a request's context from its start: the key that called, once
 // checked, and why the request was refused or failed. The access log, which wraps
 // everything, reads it when the request is done.
+//
+// A gRPC handler can outlive the HTTP handler that started it (grpc-go returns from
+// ServeHTTP when the client cancels), so the fields are guarded.
 type requestInfo struct {
+	mu     sync.Mutex
 	caller *keyEntry
 	reason string
+}
+
+func (info *requestInfo) setCaller(k *keyEntry) {
+	info.mu.Lock()
+	info.caller = k
+	info.mu.Unlock()
+}
+
+func (info *requestInfo) setReason(reason string) {
+	info.mu.Lock()
+	info.reason = reason
+	info.mu.Unlock()
 }
 
 type infoKey struct{}
@@ -108,7 +124,7 @@ func infoFrom(ctx context.Context) *requestInfo {
 // noteReason records in ctx why the request was refused or failed, for the access log.
 func noteReason(ctx context.Context, reason string) {
 	if info := infoFrom(ctx); info != nil {
-		info.reason = reason
+		info.setReason(reason)
 	}
 }
 
@@ -130,6 +146,8 @@ type accessEntry struct {
 
 // from fills in what info says: the caller's key and the reason for a refusal.
 func (e *accessEntry) from(info *requestInfo) *accessEntry {
+	info.mu.Lock()
+	defer info.mu.Unlock()
 	if info.caller != nil {
 		e.keyID, e.keyName = info.caller.ID, info.caller.Name
 	}

@@ -33,6 +33,7 @@ func buildBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
+		os.Chmod(dir, 0o755) // a test may run the binary as another user
 		binPath = filepath.Join(dir, "liveops")
 		cmd := exec.Command("go", "build", "-o", binPath, ".")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -68,8 +69,18 @@ type process struct {
 // startProcess runs the binary with args and waits for its "listening" line.
 func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
+	return startProcessAs(t, nil, args...)
+}
+
+// startProcessAs is startProcess running the binary as the user cred names (nil: as this
+// process).
+func startProcessAs(t *testing.T, cred *syscall.Credential, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(buildBinary(t), append([]string{"-addr", "127.0.0.1:0", "-log-format", "json"}, args...)...)
 	cmd.Env = []string{} // nothing from the test's environment
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -31,6 +32,10 @@ type store struct {
 	// probe opens a new connection for every use (it keeps none idle), so that
 	// CheckWritable sees the database as a new connection would.
 	probe *sql.DB
+	// readOnly is set while CheckWritable finds that a new connection cannot write. Writes
+	// then fail at once, as they would on any connection opened since, rather than
+	// succeeding now and then on one opened before the fault.
+	readOnly atomic.Bool
 }
 
 // Errors the store returns. Each protocol maps them to its own status in one place.
@@ -154,14 +159,19 @@ func (st *store) Close() error {
 	return st.db.Close()
 }
 
-// CheckWritable reports whether a new connection could write now, by taking the write
-// lock and letting it go: nil, or an error that says why not (errReadOnly, errBusy).
+// CheckWritable reports whether a new connection could write now: nil, or an error that
+// says why not (errReadOnly, errBusy). It takes the write lock and starts an update, which
+// is where a read-only file is found out, then rolls back: nothing is written, and other
+// processes see no change.
 func (st *store) CheckWritable(ctx context.Context) error {
-	tx, err := st.probe.BeginTx(ctx, nil) // BEGIN IMMEDIATE: takes the write lock
+	tx, err := st.probe.BeginTx(ctx, nil)
 	if err == nil {
-		err = tx.Commit()
+		_, err = tx.ExecContext(ctx, `UPDATE meta SET value = value WHERE name = 'events_generation'`)
+		tx.Rollback()
 	}
-	return storeError("check writable", err)
+	err = storeError("check writable", err)
+	st.readOnly.Store(errors.Is(err, errReadOnly))
+	return err
 }
 
 // DiscardIdleConnections closes the pool's idle connections, so that the next statement
@@ -263,6 +273,9 @@ func (st *store) migrate(ctx context.Context) error {
 // back through storeError, wrapped with op. After a read-only or I/O failure the idle
 // connections are dropped, so that writes recover by themselves once the fault clears.
 func (st *store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+	if st.readOnly.Load() {
+		return storeError(op, errReadOnly)
+	}
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err == nil {
 		if err = fn(tx); err == nil {
