@@ -477,20 +477,18 @@ func putEvent(ctx context.Context, tx *sql.Tx, e Event, prev int64) error {
 			preview_time = excluded.preview_time, recurrence = excluded.recurrence, priority = excluded.priority,
 			labels = excluded.labels, state = excluded.state
 		WHERE events.version = ?`, append(eventValues(e), prev)...)
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n != 1 {
-		return errStale
-	}
-	return nil
+	return oneRowOrStale(res, err)
 }
 
 // removeEvent deletes the event with id when it is still at version prev, else returns errStale.
 func removeEvent(ctx context.Context, tx *sql.Tx, id string, prev int64) error {
 	res, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, prev)
+	return oneRowOrStale(res, err)
+}
+
+// oneRowOrStale turns a conditional write's result into errStale when its condition
+// matched no row.
+func oneRowOrStale(res sql.Result, err error) error {
 	if err != nil {
 		return err
 	}
