@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCORSOriginsFlag(t *testing.T) {
@@ -61,4 +64,190 @@ func TestCORSOriginsFlag(t *testing.T) {
 			}
 		})
 	}
+}
+
+// corsDo sends an HTTP request to ts with key (if any) and the given headers.
+func corsDo(t *testing.T, ts *testServer, method, path, key string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+ts.addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
+}
+
+// absent marks a header that a response must not carry.
+const absent = "<absent>"
+
+// checkHeaders reports each header of resp that differs from want, where absent means
+// that it must not be there.
+func checkHeaders(t *testing.T, resp *http.Response, want map[string]string) {
+	t.Helper()
+	for name, w := range want {
+		got, ok := resp.Header[http.CanonicalHeaderKey(name)]
+		switch {
+		case w == absent && ok:
+			t.Errorf("%s: %q; want none", name, got)
+		case w != absent && (len(got) != 1 || got[0] != w):
+			t.Errorf("%s: %q; want %q", name, got, w)
+		}
+	}
+	// Keys travel in Authorization; the browser's cookies must never be asked for.
+	if v, ok := resp.Header["Access-Control-Allow-Credentials"]; ok {
+		t.Errorf("Access-Control-Allow-Credentials: %q; want none", v)
+	}
+}
+
+func TestCORS(t *testing.T) {
+	const game, dev, evil = "https://play.example.com", "http://localhost:3000", "https://evil.example"
+	ts := startServer(t, "-cors-origins", game+","+dev)
+	now := time.Now()
+	created, err := ts.events.CreateEvent(withKey(ts.admin), createReq("Lunar festival", now.Add(-time.Hour), now.Add(time.Hour), `{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.GetEvent().GetId()
+	preflight := func(origin string) map[string]string {
+		return map[string]string{"Origin": origin, "Access-Control-Request-Method": "GET",
+			"Access-Control-Request-Headers": "authorization"}
+	}
+	allowed := map[string]string{
+		"Access-Control-Allow-Origin": game, "Access-Control-Expose-Headers": "ETag, Retry-After",
+	}
+	refused := map[string]string{
+		"Access-Control-Allow-Origin": absent, "Access-Control-Expose-Headers": absent,
+		"Access-Control-Allow-Methods": absent, "Access-Control-Allow-Headers": absent,
+	}
+	preflightVary := []string{"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"}
+	getVary := []string{"Origin", "Authorization, Accept-Encoding"}
+
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		withKey      bool
+		header       map[string]string
+		wantStatus   int
+		wantHeaders  map[string]string
+		wantVary     []string // nil: not checked
+		wantInBody   string
+	}{
+		{name: "preflight /events", method: "OPTIONS", path: "/events", header: preflight(game),
+			wantStatus: 204, wantVary: preflightVary, wantHeaders: map[string]string{
+				"Access-Control-Allow-Origin": game, "Access-Control-Allow-Methods": "GET, HEAD",
+				"Access-Control-Allow-Headers": "Authorization, If-None-Match", "Access-Control-Max-Age": "600",
+			}},
+		{name: "preflight /events/{id}", method: "OPTIONS", path: "/events/" + id, header: preflight(game),
+			wantStatus: 204, wantVary: preflightVary, wantHeaders: map[string]string{
+				"Access-Control-Allow-Origin": game, "Access-Control-Allow-Methods": "GET, HEAD",
+			}},
+		{name: "preflight from the second origin", method: "OPTIONS", path: "/events", header: preflight(dev),
+			wantStatus: 204, wantHeaders: map[string]string{"Access-Control-Allow-Origin": dev}},
+		{name: "preflight from an origin not listed", method: "OPTIONS", path: "/events", header: preflight(evil),
+			wantStatus: 403, wantVary: preflightVary, wantHeaders: refused,
+			wantInBody: `"origin https://evil.example is not allowed`},
+		{name: "preflight from an origin that differs only in port", method: "OPTIONS", path: "/events",
+			header: preflight("http://localhost:3001"), wantStatus: 403, wantHeaders: refused},
+		{name: "OPTIONS that is no preflight", method: "OPTIONS", path: "/events", header: map[string]string{"Origin": game},
+			wantStatus: 405, wantHeaders: map[string]string{"Allow": "GET, HEAD", "Access-Control-Allow-Origin": absent}},
+		{name: "preflight on a route players do not call", method: "OPTIONS", path: "/healthz", header: preflight(game),
+			wantStatus: 405, wantHeaders: map[string]string{"Access-Control-Allow-Origin": absent}},
+
+		{name: "GET /events", method: "GET", path: "/events", withKey: true, header: map[string]string{"Origin": game},
+			wantStatus: 200, wantHeaders: allowed, wantVary: getVary},
+		{name: "GET /events/{id}", method: "GET", path: "/events/" + id, withKey: true, header: map[string]string{"Origin": game},
+			wantStatus: 200, wantHeaders: allowed, wantVary: getVary},
+		{name: "HEAD /events", method: "HEAD", path: "/events", withKey: true, header: map[string]string{"Origin": game},
+			wantStatus: 200, wantHeaders: allowed, wantVary: getVary},
+		{name: "401 without a key", method: "GET", path: "/events", header: map[string]string{"Origin": game},
+			wantStatus: 401, wantHeaders: allowed, wantVary: []string{"Origin"}},
+		{name: "404 for an unknown event", method: "GET", path: "/events/" + newID(), withKey: true,
+			header: map[string]string{"Origin": game}, wantStatus: 404, wantHeaders: allowed},
+		{name: "400 for an unknown parameter", method: "GET", path: "/events?stauts=active", withKey: true,
+			header: map[string]string{"Origin": game}, wantStatus: 400, wantHeaders: allowed},
+		{name: "GET from an origin not listed", method: "GET", path: "/events", withKey: true,
+			header: map[string]string{"Origin": evil}, wantStatus: 200, wantHeaders: refused, wantVary: getVary},
+		{name: "GET without Origin", method: "GET", path: "/events", withKey: true,
+			wantStatus: 200, wantHeaders: refused, wantVary: getVary},
+		{name: "GET on a route players do not call", method: "GET", path: "/healthz",
+			header: map[string]string{"Origin": game}, wantStatus: 200, wantHeaders: refused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := ""
+			if tc.withKey {
+				key = ts.user
+			}
+			resp, body := corsDo(t, ts, tc.method, tc.path, key, tc.header)
+			if resp.StatusCode != tc.wantStatus {
+				t.Fatalf("status %d; want %d: %s", resp.StatusCode, tc.wantStatus, body)
+			}
+			checkHeaders(t, resp, tc.wantHeaders)
+			if tc.wantVary != nil && !slices.Equal(resp.Header.Values("Vary"), tc.wantVary) {
+				t.Errorf("Vary: %q; want %q", resp.Header.Values("Vary"), tc.wantVary)
+			}
+			if !bytes.Contains(body, []byte(tc.wantInBody)) {
+				t.Errorf("body %s; want it to contain %s", body, tc.wantInBody)
+			}
+		})
+	}
+
+	t.Run("304 for a matching ETag", func(t *testing.T) {
+		resp, _ := corsDo(t, ts, "GET", "/events", ts.user, map[string]string{"Origin": game})
+		etag := resp.Header.Get("ETag")
+		resp, _ = corsDo(t, ts, "GET", "/events", ts.user, map[string]string{"Origin": game, "If-None-Match": etag})
+		if resp.StatusCode != 304 {
+			t.Fatalf("status %d; want 304", resp.StatusCode)
+		}
+		checkHeaders(t, resp, allowed)
+	})
+}
+
+func TestCORSThrottledAnswerIsReadable(t *testing.T) {
+	const game = "https://play.example.com"
+	ts := startServer(t, "-cors-origins", game, "-auth-fail-limit", "1")
+	bad := newID() // not a key at all
+	var resp *http.Response
+	for range 3 {
+		resp, _ = corsDo(t, ts, "GET", "/events", bad, map[string]string{"Origin": game})
+	}
+	if resp.StatusCode != 429 {
+		t.Fatalf("status %d; want 429", resp.StatusCode)
+	}
+	checkHeaders(t, resp, map[string]string{"Access-Control-Allow-Origin": game, "Access-Control-Expose-Headers": "ETag, Retry-After"})
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("no Retry-After")
+	}
+}
+
+func TestCORSOffByDefault(t *testing.T) {
+	ts := startServer(t)
+	const game = "https://play.example.com"
+	for _, path := range []string{"/events", "/events/" + newID()} {
+		resp, body := corsDo(t, ts, "OPTIONS", path, "", map[string]string{
+			"Origin": game, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"})
+		if resp.StatusCode != 405 || !bytes.Contains(body, []byte(`"method OPTIONS not allowed; allowed: GET, HEAD"`)) {
+			t.Errorf("OPTIONS %s: status %d, body %s; want 405 as before CORS", path, resp.StatusCode, body)
+		}
+		checkHeaders(t, resp, map[string]string{"Allow": "GET, HEAD", "Access-Control-Allow-Origin": absent, "Vary": absent})
+	}
+	resp, _ := corsDo(t, ts, "GET", "/events", ts.user, map[string]string{"Origin": game})
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /events: status %d", resp.StatusCode)
+	}
+	checkHeaders(t, resp, map[string]string{"Access-Control-Allow-Origin": absent, "Access-Control-Expose-Headers": absent,
+		"Vary": "Authorization, Accept-Encoding"})
 }

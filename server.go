@@ -142,7 +142,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now)}
 	gs, hs := newGRPCServer(st, rm, g, lim.grpcMaxRecvBytes, log)
 	mux := http.NewServeMux()
-	addRoutes(mux, g, st, rm, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel)
+	addRoutes(mux, g, st, rm, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel, cors{cfg.corsOrigins})
 	return &service{keys: kr, events: rm, grpc: gs, health: hs, handler: newHandler(mux, gs, log)}, nil
 }
 
@@ -279,8 +279,10 @@ func isGRPC(contentType string) bool {
 
 // addRoutes lists the whole HTTP API: each route with the query parameters it takes. Each
 // is wrapped in the role routeRoles gives it, and registering a route missing from
-// routeRoles panics, so no route ships without a decision about who may call it.
-func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, answers *answerCache, allowTimeTravel bool) {
+// routeRoles panics, so no route ships without a decision about who may call it. The
+// routes for players' keys are the ones browser games call, so they follow the CORS
+// policy c, errors included.
+func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, answers *answerCache, allowTimeTravel bool, c cors) {
 	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
@@ -292,11 +294,19 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, answers *
 			// request that is refused anyway.
 			h = refuseBody(onlyParams(params, h))
 		}
+		if need == roleHTTPUser {
+			// Outermost, so that the refusals of the layers within (a bad key, a body, an
+			// unknown parameter) can be read by the page too.
+			h = c.share(h)
+		}
 		mux.Handle(pattern, h)
 	}
 	handle("GET /healthz", nil, handleHealthz(st))
 	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel))
 	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel))
+	// Browsers ask these, without a key, before a GET from another origin that sends one.
+	handle("OPTIONS /events", nil, c.preflight("GET, HEAD"))
+	handle("OPTIONS /events/{id}", nil, c.preflight("GET, HEAD"))
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.
 	handle("/healthz", nil, handleMethodNotAllowed("GET, HEAD"))
