@@ -2,8 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"html"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -250,4 +257,108 @@ func TestCORSOffByDefault(t *testing.T) {
 	}
 	checkHeaders(t, resp, map[string]string{"Access-Control-Allow-Origin": absent, "Access-Control-Expose-Headers": absent,
 		"Vary": "Authorization, Accept-Encoding"})
+}
+
+// TestCORSFromChromium is the check that counts: a real browser, on a page from another
+// origin, reads GET /events with a key in Authorization, which takes a preflight, and reads
+// the ETag, which takes Access-Control-Expose-Headers. A page from an origin not listed
+// must fail the same fetch.
+func TestCORSFromChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("chromium is not installed; CI must install it (see .ci/run)")
+		}
+		t.Skip("chromium is not installed (apt-get install chromium); CI runs this test")
+	}
+	// The pages' servers are made first, so that the allowed page's origin (its port) is
+	// known when liveops starts; they start once liveops's address is known.
+	allowedPage, otherPage := httptest.NewUnstartedServer(nil), httptest.NewUnstartedServer(nil)
+	ts := startServer(t, "-cors-origins", "http://"+allowedPage.Listener.Addr().String())
+	now := time.Now()
+	for _, title := range []string{"Lunar festival", "Double XP"} {
+		if _, err := ts.events.CreateEvent(withKey(ts.admin), createReq(title, now.Add(-time.Hour), now.Add(time.Hour), `{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, page := range []*httptest.Server{allowedPage, otherPage} {
+		page.Config.Handler = fetchEventsPage("http://"+ts.addr, ts.user)
+		page.Start()
+		t.Cleanup(page.Close)
+	}
+
+	t.Run("allowed origin", func(t *testing.T) {
+		got := runChromium(t, chromium, allowedPage.URL)
+		if got.Status != 200 || !strings.HasPrefix(got.ETag, `W/"`) || got.Count != 2 || got.Error != "" {
+			t.Fatalf("page shows %+v; want status 200, an ETag and 2 events", got)
+		}
+	})
+	t.Run("origin not listed", func(t *testing.T) {
+		got := runChromium(t, chromium, otherPage.URL)
+		if !strings.HasPrefix(got.Error, "TypeError") {
+			t.Fatalf("page shows %+v; want the fetch to fail with a TypeError", got)
+		}
+	})
+}
+
+// fetchEventsPage serves a page whose script reads GET /events from api with key, as a
+// browser game would, and writes what it got into the page as JSON.
+func fetchEventsPage(api, key string) http.Handler {
+	apiJS, _ := json.Marshal(api) // JSON escapes <, > and &, so it is safe in a script
+	keyJS, _ := json.Marshal(key)
+	page := fmt.Sprintf(`<!doctype html>
+<title>game</title>
+<body>waiting</body>
+<script>
+function show(v) { document.body.textContent = JSON.stringify(v); }
+fetch(%s + "/events", {headers: {Authorization: "Bearer " + %s}})
+	.then(async r => {
+		const body = await r.json();
+		show({status: r.status, etag: r.headers.get("ETag"), count: body.events.length});
+	})
+	.catch(e => show({error: e.name + ": " + e.message}));
+</script>
+`, apiJS, keyJS)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		io.WriteString(w, page)
+	})
+}
+
+// pageResult is what fetchEventsPage's script shows.
+type pageResult struct {
+	Status int    `json:"status"`
+	ETag   string `json:"etag"`
+	Count  int    `json:"count"`
+	Error  string `json:"error"`
+}
+
+// runChromium loads url in headless Chromium and returns what the page shows once its
+// script has run. --virtual-time-budget makes Chromium wait for the page's fetches
+// before it dumps the DOM, so no sleep is needed.
+func runChromium(t *testing.T, chromium, url string) pageResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		// A proxy set in the environment must not see the test's requests.
+		"--no-proxy-server",
+		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=5000", "--dump-dom", url)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	out, err := cmd.Output()
+	t.Logf("chromium took %v", time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("chromium: %v\n%s", err, stderr.Bytes())
+	}
+	dom := string(out)
+	_, text, ok := strings.Cut(dom, "<body>")
+	text, _, ok2 := strings.Cut(text, "</body>")
+	var got pageResult
+	if !ok || !ok2 || json.Unmarshal([]byte(html.UnescapeString(text)), &got) != nil {
+		t.Fatalf("page shows no result:\n%s\nchromium's stderr:\n%s", dom, stderr.Bytes())
+	}
+	return got
 }
