@@ -31,6 +31,10 @@ var routeRoles = map[string]role{
 	"GET /healthz":     rolePublic,
 	"GET /events":      roleHTTPUser,
 	"GET /events/{id}": roleHTTPUser,
+	// CORS preflights: browsers never send a key with them (see cors.go). With CORS off
+	// they answer 405 as the catch-alls do.
+	"OPTIONS /events":      rolePublic,
+	"OPTIONS /events/{id}": rolePublic,
 	// The catch-alls only ever answer 404 or 405.
 	"/":            rolePublic,
 	"/livez":       rolePublic,

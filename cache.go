@@ -165,7 +165,13 @@ func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fres
 	v[0], v[1], v[2] = "application/json", "Authorization, Accept-Encoding", maxAges[int(min(max(fresh, 0), maxCacheAge)/time.Second)]
 	v[3], v[4], v[5] = etag, length, "gzip"
 	h := w.Header()
-	h["Content-Type"], h["Vary"], h["Cache-Control"], h["Etag"] = v[0:1:1], v[1:2:2], v[2:3:3], v[3:4:4]
+	h["Content-Type"], h["Cache-Control"], h["Etag"] = v[0:1:1], v[2:3:3], v[3:4:4]
+	// Vary adds to what is there: with CORS on, Origin is already in it.
+	if vary := h["Vary"]; len(vary) > 0 {
+		h["Vary"] = append(vary, v[1])
+	} else {
+		h["Vary"] = v[1:2:2]
+	}
 	if gzipped {
 		h["Content-Encoding"] = v[5:6:6]
 	}

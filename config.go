@@ -23,6 +23,7 @@ type config struct {
 	shutdownTimeout   time.Duration
 	busyTimeout       time.Duration
 	allowTimeTravel   bool
+	corsOrigins       []string // origins whose pages may read the player routes; none turns CORS off
 	limits            limits
 }
 
@@ -58,6 +59,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
 	fs.BoolVar(&cfg.allowTimeTravel, "allow-time-travel", getenv("LIVEOPS_ALLOW_TIME_TRAVEL") == "true",
 		"let players' GET /events?at=TIME answer as of another instant, for staging builds (env LIVEOPS_ALLOW_TIME_TRAVEL=true)")
+	corsOrigins := fs.String("cors-origins", getenv("LIVEOPS_CORS_ORIGINS"),
+		"comma-separated origins whose pages may read the player routes from a browser, such as https://play.example.com (env LIVEOPS_CORS_ORIGINS)")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
 	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
@@ -83,6 +86,10 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
 		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
+	}
+	var err error
+	if cfg.corsOrigins, err = parseCORSOrigins(*corsOrigins); err != nil {
+		return config{}, err
 	}
 	for name, d := range map[string]time.Duration{
 		"reload-interval": cfg.reloadInterval, "shutdown-timeout": cfg.shutdownTimeout, "busy-timeout": cfg.busyTimeout,

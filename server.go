@@ -152,7 +152,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	ready := newReadiness(st, hs, log)
 	inflight := &inFlight{max: int64(lim.maxInFlight)}
 	mux := http.NewServeMux()
-	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel)
+	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel, cors{cfg.corsOrigins})
 	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown,
 		handler: newHandler(mux, grpcGate(gs, g, inflight, log), inflight, lim, log)}, nil
 }
@@ -341,8 +341,10 @@ func isGRPC(contentType string) bool {
 
 // addRoutes lists the whole HTTP API: each route with the query parameters it takes. Each
 // is wrapped in the role routeRoles gives it, and registering a route missing from
-// routeRoles panics, so no route ships without a decision about who may call it.
-func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache, allowTimeTravel bool) {
+// routeRoles panics, so no route ships without a decision about who may call it. The
+// routes for players' keys are the ones browser games call, so they follow the CORS
+// policy c, errors included.
+func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache, allowTimeTravel bool, c cors) {
 	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
@@ -354,6 +356,11 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 			// request that is refused anyway.
 			h = refuseBody(onlyParams(params, h))
 		}
+		if need == roleHTTPUser {
+			// Outermost, so that the refusals of the layers within (a bad key, a body, an
+			// unknown parameter) can be read by the page too.
+			h = c.share(h)
+		}
 		mux.Handle(pattern, h)
 	}
 	handle("GET /livez", nil, handleLivez())
@@ -361,6 +368,9 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	handle("GET /healthz", nil, handleReadyz(ready)) // the name older probes use; the same as /readyz
 	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel))
 	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel))
+	// Browsers ask these, without a key, before a GET from another origin that sends one.
+	handle("OPTIONS /events", nil, c.preflight("GET, HEAD"))
+	handle("OPTIONS /events/{id}", nil, c.preflight("GET, HEAD"))
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.
 	handle("/livez", nil, handleMethodNotAllowed("GET, HEAD"))
