@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
@@ -227,12 +228,12 @@ func BenchmarkIncrementalWrite(b *testing.B) {
 			now := time.Now()
 			seedEvents(b, st, n, "Event", now.Add(-time.Hour), now.Add(time.Hour))
 			rm, _ := newReadModel(context.Background(), st, time.Now, newLogger("text", io.Discard))
-			e := rm.snapshot().ordered[n/2].Event
+			e := slices.Collect(rm.snapshot().ordered.all())[n/2].Event
 			b.ReportAllocs()
 			for b.Loop() {
 				snap := rm.snapshot()
-				e.Title += "!"
-				rm.snap.Store(snap.with(snap.gen+1, &e, "", now))
+				e.Priority = 1 - e.Priority
+				rm.snap.Store(snap.with(snap.gen+1, &e, ""))
 			}
 		})
 	}

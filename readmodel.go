@@ -63,7 +63,7 @@ func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID
 	switch {
 	case gen <= cur.gen: // a reload already picked it up
 	case gen == cur.gen+1:
-		rm.snap.Store(cur.with(gen, e, deletedID, rm.now()))
+		rm.snap.Store(cur.with(gen, e, deletedID))
 	default:
 		if err := rm.load(ctx); err != nil {
 			// The poller retries within a second; until then reads are a write behind.
@@ -72,7 +72,8 @@ func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID
 	}
 }
 
-// refresh reloads the snapshot if the database holds event writes it has not seen.
+// refresh reloads the snapshot if the database holds event writes it has not seen, and
+// otherwise prunes ended events from it once a minute.
 func (rm *readModel) refresh(ctx context.Context) error {
 	gen, err := rm.st.Generation(ctx)
 	if err != nil {
@@ -80,11 +81,18 @@ func (rm *readModel) refresh(ctx context.Context) error {
 	}
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
-	if gen == rm.snap.Load().gen {
-		return nil
+	cur := rm.snap.Load()
+	if gen != cur.gen {
+		return rm.load(ctx)
 	}
-	return rm.load(ctx)
+	if now := rm.now(); now.Sub(cur.builtAt) >= pruneEvery {
+		rm.snap.Store(cur.pruned(now))
+	}
+	return nil
 }
+
+// pruneEvery is how often refresh drops ended events from the open list.
+const pruneEvery = time.Minute
 
 // entry is an event in a snapshot, with what the read path needs to know about its
 // schedule worked out once.
@@ -111,17 +119,18 @@ func (rm *readModel) viewOf(e Event, t time.Time) view {
 	return e.viewAt(&sched, t)
 }
 
-// snapshot is every event at one events generation. It is never modified.
+// snapshot is every event at one events generation. It is never modified: a write makes a
+// new snapshot that shares all but a few chunks of each list with the one before (see seq).
 type snapshot struct {
 	zones   *zones // shared by every snapshot of one read model
 	gen     int64
-	builtAt time.Time // open holds every event not ended at this instant
-	ordered []*entry  // every event in list order: priority (highest first), start time, id
-	byID    []*entry  // every event, ordered by id
-	// open holds the published events that had not ended when the snapshot was made, ordered
-	// by when players may first see them: the only ones players can see now or later, so
-	// working out what they see costs nothing for ended events, however many there are.
-	open []*entry
+	builtAt time.Time // when open was last pruned of ended events
+	ordered seq       // every event in list order: priority (highest first), start time, id
+	byID    seq       // every event, ordered by id
+	// open holds the published events that had not ended at builtAt, ordered by when
+	// players may first see them: the only ones players can see now or later, so working out
+	// what they see costs nothing for events that ended before, however many there are.
+	open seq
 }
 
 func listOrder(a, b *entry) int {
@@ -146,78 +155,66 @@ func openOrder(a, b *entry) int {
 func isOpen(e *entry, now time.Time) bool { return e.State != stateDraft && e.end.After(now) }
 
 func newSnapshot(gen int64, events []Event, now time.Time, z *zones) *snapshot {
-	s := &snapshot{zones: z, gen: gen, builtAt: now, ordered: make([]*entry, len(events))}
+	ordered := make([]*entry, len(events))
 	for i := range events {
-		s.ordered[i] = newEntry(events[i], z)
+		ordered[i] = newEntry(events[i], z)
 	}
-	slices.SortFunc(s.ordered, listOrder)
-	s.byID = slices.Clone(s.ordered)
-	slices.SortFunc(s.byID, byIDOnly)
-	for _, e := range s.ordered {
+	slices.SortFunc(ordered, listOrder)
+	byID := slices.SortedFunc(slices.Values(ordered), byIDOnly)
+	var open []*entry
+	for _, e := range ordered {
 		if isOpen(e, now) {
-			s.open = append(s.open, e)
+			open = append(open, e)
 		}
 	}
-	slices.SortFunc(s.open, openOrder)
-	return s
+	slices.SortFunc(open, openOrder)
+	return &snapshot{zones: z, gen: gen, builtAt: now, ordered: newSeq(ordered), byID: newSeq(byID), open: newSeq(open)}
 }
 
 // with returns a copy of s at generation gen with e written (inserted or replaced) or the
-// event deletedID removed. Events in open that have ended by now are dropped on the way.
-func (s *snapshot) with(gen int64, e *Event, deletedID string, now time.Time) *snapshot {
+// event deletedID removed. It costs O(chunks + chunk size), not O(events).
+func (s *snapshot) with(gen int64, e *Event, deletedID string) *snapshot {
 	id := deletedID
 	var added *entry
 	if e != nil {
 		id, added = e.ID, newEntry(*e, s.zones)
 	}
 	old, _ := s.get(id)
-	next := &snapshot{zones: s.zones, gen: gen, builtAt: now,
-		ordered: edit(s.ordered, old, added, listOrder),
-		byID:    edit(s.byID, old, added, byIDOnly),
+	// open keeps every published event not ended at builtAt, which is what lets a question
+	// about any instant since builtAt be answered from open alone.
+	var addedOpen *entry
+	if added != nil && isOpen(added, s.builtAt) {
+		addedOpen = added
 	}
-	next.open = make([]*entry, 0, len(s.open)+1)
-	for _, o := range s.open {
-		if o != old && o.end.After(now) {
-			next.open = append(next.open, o)
-		}
+	return &snapshot{zones: s.zones, gen: gen, builtAt: s.builtAt,
+		ordered: s.ordered.with(old, added, listOrder),
+		byID:    s.byID.with(old, added, byIDOnly),
+		open:    s.open.with(old, addedOpen, openOrder),
 	}
-	if added != nil && isOpen(added, now) {
-		i, _ := slices.BinarySearchFunc(next.open, added, openOrder)
-		next.open = slices.Insert(next.open, i, added)
-	}
-	return next
 }
 
-// edit returns a copy of the sorted list with old (if not nil) removed and added (if not
-// nil) inserted in order.
-func edit(list []*entry, old, added *entry, order func(a, b *entry) int) []*entry {
-	out := make([]*entry, 0, len(list)+1)
-	out = append(out, list...)
-	if old != nil {
-		if i, ok := slices.BinarySearchFunc(out, old, order); ok {
-			out = slices.Delete(out, i, i+1)
-		}
-	}
-	if added != nil {
-		i, _ := slices.BinarySearchFunc(out, added, order)
-		out = slices.Insert(out, i, added)
-	}
-	return out
+// pruned returns s without the events in open that have ended by now, so that they cost
+// nothing any more; O(open), so the read model calls it now and then, not per write.
+func (s *snapshot) pruned(now time.Time) *snapshot {
+	next := *s
+	next.builtAt = now
+	next.open = s.open.filter(func(e *entry) bool { return e.end.After(now) })
+	return &next
 }
 
 // get returns the event with the given id.
 func (s *snapshot) get(id string) (*entry, bool) {
-	i, ok := slices.BinarySearchFunc(s.byID, id, func(e *entry, id string) int { return cmp.Compare(e.ID, id) })
+	p, ok := s.byID.search(func(e *entry) int { return cmp.Compare(e.ID, id) })
 	if !ok {
 		return nil, false
 	}
-	return s.byID[i], true
+	return s.byID.at(p), true
 }
 
 // byFirstSeen returns every published event in open's order; for questions about the past.
 func (s *snapshot) byFirstSeen() []*entry {
-	out := make([]*entry, 0, len(s.ordered))
-	for _, e := range s.ordered {
+	out := make([]*entry, 0, s.ordered.len())
+	for e := range s.ordered.all() {
 		if e.State != stateDraft {
 			out = append(out, e)
 		}
@@ -278,13 +275,13 @@ type shown struct {
 func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time) {
 	until := forever
 	var out []shown
-	candidates := s.open
+	candidates := s.open.all()
 	if t.Before(s.builtAt) {
 		// Asked about the past (time travel, or a clock that stepped back): events that
 		// have ended since are not in open.
-		candidates = s.byFirstSeen()
+		candidates = slices.Values(s.byFirstSeen())
 	}
-	for _, e := range candidates {
+	for e := range candidates {
 		if e.firstSeen.After(t) {
 			// open is ordered by firstSeen: no later event is visible yet, and this one
 			// becomes visible first.
@@ -347,19 +344,17 @@ func (q adminQuery) matches(e *entry, v view) bool {
 // adminPage returns one page of ListEvents as of t, the key to resume after it (nil on the
 // last page), and until when the page holds.
 func (s *snapshot) adminPage(t time.Time, q adminQuery) ([]shown, *pageKey, time.Time) {
-	i := 0
-	if q.after != nil {
-		i, _ = slices.BinarySearchFunc(s.ordered, q.after, func(e *entry, k *pageKey) int {
-			return listOrder(e, &entry{Event: Event{Priority: k.Priority, Start: fromNanos(k.Start), ID: k.ID}})
-		})
-		if i < len(s.ordered) && s.ordered[i].ID == q.after.ID {
-			i++
-		}
+	var start seqPos
+	if k := q.after; k != nil {
+		after := &entry{Event: Event{Priority: k.Priority, Start: fromNanos(k.Start), ID: k.ID}}
+		start, _ = s.ordered.search(func(e *entry) int { return listOrder(e, after) })
 	}
 	until := forever
 	var out []shown
-	for ; i < len(s.ordered); i++ {
-		e := s.ordered[i]
+	for e := range s.ordered.from(start) {
+		if q.after != nil && e.ID == q.after.ID {
+			continue // the last event of the page before
+		}
 		v := e.viewAt(t)
 		if !q.matches(e, v) {
 			continue

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -206,8 +207,8 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 	// Then we write again: our generation is not the next one, so the model reloads and
 	// picks up both.
 	write(t, st, rm, "ours again", t0.Add(-time.Minute), t0.Add(time.Hour))
-	if rm.snapshot().gen != theirGen+1 || len(rm.snapshot().byID) != 3 {
-		t.Fatalf("snapshot at generation %d with %d events; want %d with 3", rm.snapshot().gen, len(rm.snapshot().byID), theirGen+1)
+	if rm.snapshot().gen != theirGen+1 || rm.snapshot().byID.len() != 3 {
+		t.Fatalf("snapshot at generation %d with %d events; want %d with 3", rm.snapshot().gen, rm.snapshot().byID.len(), theirGen+1)
 	}
 
 	// A write elsewhere with no write of ours after it is found by refresh.
@@ -218,7 +219,7 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 	if err := rm.refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(rm.snapshot().byID); n != 4 {
+	if n := rm.snapshot().byID.len(); n != 4 {
 		t.Fatalf("after refresh: %d events; want 4", n)
 	}
 }
@@ -255,7 +256,8 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 	events, gen, _ := st.Events(ctx)
 	want := newSnapshot(gen, events, c.now(), nil)
 	got := rm.snapshot()
-	same := func(a, b []*entry) bool {
+	same := func(x, y seq) bool {
+		a, b := slices.Collect(x.all()), slices.Collect(y.all())
 		if len(a) != len(b) {
 			return false
 		}
@@ -268,7 +270,7 @@ func TestSnapshotWithKeepsOrder(t *testing.T) {
 	}
 	if got.gen != want.gen || !same(got.ordered, want.ordered) || !same(got.byID, want.byID) || !same(got.open, want.open) {
 		t.Fatalf("incremental snapshot differs from a fresh one: gen %d/%d, %d/%d events, %d/%d open",
-			got.gen, want.gen, len(got.ordered), len(want.ordered), len(got.open), len(want.open))
+			got.gen, want.gen, got.ordered.len(), want.ordered.len(), got.open.len(), want.open.len())
 	}
 }
 
