@@ -276,6 +276,33 @@ func BenchmarkListEventsEncode(b *testing.B) {
 	})
 }
 
+// BenchmarkRemoteChange measures what one write by another process costs a server that
+// catches up on it: reading that change from the revision log and applying it, rather
+// than reloading every event.
+func BenchmarkRemoteChange(b *testing.B) {
+	for _, n := range []int{1000, 100_000} {
+		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
+			st := newTestStore(b)
+			now := time.Now()
+			seedEvents(b, st, n, "Event", now.Add(-time.Hour), now.Add(time.Hour))
+			rm, _ := newReadModel(context.Background(), st, time.Now, newLogger("text", io.Discard))
+			id := slices.Collect(rm.snapshot().ordered.all())[n/2].ID
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				if _, _, err := st.UpdateEvent(ctx, id, "", func(e *Event) error { e.Priority = 1 - e.Priority; return nil }); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if err := rm.refresh(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkListEvents(b *testing.B) {
 	// The default first page (100 events) of 20 active, 200 upcoming and 5000 ended events,
 	// as ../shared/bench/compare seeds and asks, over a real gRPC connection.

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -61,15 +62,38 @@ func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID
 	defer rm.mu.Unlock()
 	cur := rm.snap.Load()
 	switch {
-	case gen <= cur.gen: // a reload already picked it up
+	case gen <= cur.gen: // a catch-up already picked it up
 	case gen == cur.gen+1:
 		rm.snap.Store(cur.with(gen, e, deletedID))
 	default:
-		if err := rm.load(ctx); err != nil {
+		// Writes by other processes came in between: catch up on them, this one included.
+		if err := rm.catchUp(ctx, cur); err != nil {
 			// The poller retries within a second; until then reads are a write behind.
-			rm.log.Error("reload events after a write", "err", err)
+			rm.log.Error("catch up on events after a write", "err", err)
 		}
 	}
+}
+
+// catchUp brings the snapshot from cur to the database's generation by applying only the
+// events written since, or, when the revision log cannot say what those were, by reloading
+// every event. rm.mu must be held.
+func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) error {
+	changes, gen, err := rm.st.ChangesSince(ctx, cur.gen)
+	if errors.Is(err, errGap) {
+		return rm.load(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	next := cur
+	for _, c := range changes {
+		next = next.with(c.lastGen, c.event, c.id)
+	}
+	if next.gen != gen {
+		next = &snapshot{zones: next.zones, gen: gen, builtAt: next.builtAt, ordered: next.ordered, byID: next.byID, open: next.open}
+	}
+	rm.snap.Store(next)
+	return nil
 }
 
 // refresh reloads the snapshot if the database holds event writes it has not seen, and
@@ -83,7 +107,7 @@ func (rm *readModel) refresh(ctx context.Context) error {
 	defer rm.mu.Unlock()
 	cur := rm.snap.Load()
 	if gen != cur.gen {
-		return rm.load(ctx)
+		return rm.catchUp(ctx, cur)
 	}
 	if now := rm.now(); now.Sub(cur.builtAt) >= pruneEvery {
 		rm.snap.Store(cur.pruned(now))

@@ -224,6 +224,66 @@ func TestWritesFromElsewhereAreReloaded(t *testing.T) {
 	}
 }
 
+func TestCatchUpReadsOnlyWhatChanged(t *testing.T) {
+	ctx := context.Background()
+	c := newClock(t0)
+	st, rm := newTestReadModel(t, c)
+	kept := write(t, st, rm, "kept", t0.Add(-time.Minute), t0.Add(time.Hour))
+	changed := write(t, st, rm, "changed", t0.Add(-time.Minute), t0.Add(time.Hour))
+	gone := write(t, st, rm, "gone", t0.Add(-time.Minute), t0.Add(time.Hour))
+	before, _ := rm.snapshot().get(kept.ID)
+
+	// Another process updates one event twice, deletes one and creates one.
+	for _, title := range []string{"changed once", "changed twice"} {
+		if _, _, err := st.UpdateEvent(ctx, changed.ID, "", func(e *Event) error { e.Title = title; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.DeleteEvent(ctx, gone.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	added := Event{ID: newID(), Title: "added", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}
+	if _, _, err := st.CreateEvent(ctx, added, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := rm.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := rm.snapshot()
+	var titles []string
+	for e := range snap.ordered.all() {
+		titles = append(titles, e.Title)
+	}
+	slices.Sort(titles)
+	if got := strings.Join(titles, ","); got != "added,changed twice,kept" {
+		t.Fatalf("after catching up: %s; want added, changed twice and kept", got)
+	}
+	// The event nobody touched is the very entry it was: nothing was reloaded.
+	if after, _ := snap.get(kept.ID); after != before {
+		t.Fatal("an untouched event was rebuilt: the catch-up reloaded everything")
+	}
+	events, gen, _ := st.Events(ctx)
+	if want := newSnapshot(gen, events, c.now(), nil); snap.gen != want.gen || snap.open.len() != want.open.len() {
+		t.Fatalf("caught up to generation %d with %d open; want %d with %d", snap.gen, snap.open.len(), want.gen, want.open.len())
+	}
+
+	// A write the log cannot account for (a revision without its generation, as before
+	// revisions carried one) makes the read model reload everything instead.
+	if _, _, err := st.CreateEvent(ctx, Event{ID: newID(), Title: "unlogged", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}, ""); err != nil {
+		t.Fatal(err)
+	}
+	st.db.ExecContext(ctx, `UPDATE event_revisions SET generation = NULL WHERE generation = (SELECT max(generation) FROM event_revisions)`)
+	if err := rm.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rm.snapshot().byID.len(); n != 4 {
+		t.Fatalf("after a gap: %d events; want 4 (reloaded)", n)
+	}
+	if after, _ := rm.snapshot().get(kept.ID); after == before {
+		t.Fatal("after a gap the snapshot was not reloaded")
+	}
+}
+
 func TestSnapshotWithKeepsOrder(t *testing.T) {
 	// Apply many random writes incrementally and compare with a snapshot built from scratch.
 	c := newClock(t0)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -245,6 +246,10 @@ var migrations = []string{
 	);
 	CREATE INDEX event_revisions_by_time ON event_revisions (at, event_id, revision);
 	CREATE INDEX event_revisions_by_key ON event_revisions (key_id, at);`,
+	// 6: the events generation of each revision, so that a server can catch up on the
+	// writes since the generation it holds without reading every event.
+	`ALTER TABLE event_revisions ADD COLUMN generation INTEGER;
+	CREATE INDEX event_revisions_by_generation ON event_revisions (generation);`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
@@ -511,17 +516,96 @@ func lastVersion(ctx context.Context, tx *sql.Tx, id string) (int64, error) {
 // recordWrite records a write to e made at at: a revision, numbered after the event's last
 // one and attributed to the actor in ctx, holding e as JSON; and one more events
 // generation, which it returns. Every write to events calls it before committing.
+//
+// The revision carries the generation, so that a server holding an older snapshot can
+// read what changed since (see ChangesSince) instead of every event.
 func recordWrite(ctx context.Context, tx *sql.Tx, action string, at time.Time, e Event) (int64, error) {
-	if _, err := tx.ExecContext(ctx,
-		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event)
-		SELECT ?, coalesce(max(revision), 0) + 1, ?, ?, ?, ? FROM event_revisions WHERE event_id = ?`,
-		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), e.ID); err != nil {
+	var gen int64
+	if err := tx.QueryRowContext(ctx,
+		`UPDATE meta SET value = value + 1 WHERE name = 'events_generation' RETURNING value`).Scan(&gen); err != nil {
 		return 0, err
 	}
-	var gen int64
-	err := tx.QueryRowContext(ctx,
-		`UPDATE meta SET value = value + 1 WHERE name = 'events_generation' RETURNING value`).Scan(&gen)
+	_, err := tx.ExecContext(ctx,
+		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event, generation)
+		SELECT ?, coalesce(max(revision), 0) + 1, ?, ?, ?, ?, ? FROM event_revisions WHERE event_id = ?`,
+		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), gen, e.ID)
 	return gen, err
+}
+
+// errGap: the revisions since a generation do not account for every write since, as
+// for writes made before revisions carried their generation. The caller reloads.
+var errGap = errors.New("the revision log does not cover every change since that generation")
+
+// maxChanges is the most changes ChangesSince reads one by one; past it, reloading every
+// event is as cheap.
+const maxChanges = 1000
+
+// change is an event written since some generation: as it is now, or deleted.
+type change struct {
+	id      string
+	event   *Event // nil: deleted
+	lastGen int64  // the generation of the last write to it
+}
+
+// ChangesSince returns the events written after generation since, as they stand now, and
+// the generation they bring a snapshot to: a cost in proportion to the writes, not to the
+// events. It returns errGap when it cannot account for every write since.
+func (st *store) ChangesSince(ctx context.Context, since int64) ([]change, int64, error) {
+	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	defer tx.Rollback()
+	var gen int64
+	if err := tx.QueryRowContext(ctx, generationQuery).Scan(&gen); err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	if gen-since > maxChanges || gen < since {
+		return nil, 0, errGap
+	}
+	rows, err := tx.QueryContext(ctx,
+		`SELECT generation, event_id FROM event_revisions WHERE generation > ? ORDER BY generation`, since)
+	if err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	defer rows.Close()
+	var changes []change
+	last := map[string]int{} // id -> index in changes
+	seen := since
+	for rows.Next() {
+		var g int64
+		var id string
+		if err := rows.Scan(&g, &id); err != nil {
+			return nil, 0, storeError("read changes", err)
+		}
+		if g != seen+1 {
+			return nil, 0, errGap
+		}
+		seen = g
+		if i, ok := last[id]; ok {
+			changes[i].lastGen = g
+			continue
+		}
+		last[id] = len(changes)
+		changes = append(changes, change{id: id, lastGen: g})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	if seen != gen {
+		return nil, 0, errGap
+	}
+	for i := range changes {
+		e, err := getEvent(ctx, tx, changes[i].id)
+		switch {
+		case err == nil:
+			changes[i].event = &e
+		case !errors.Is(err, errNotFound):
+			return nil, 0, storeError("read changes", err)
+		}
+	}
+	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.lastGen, b.lastGen) })
+	return changes, gen, nil
 }
 
 // generationQuery reads the events generation.
