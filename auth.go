@@ -247,7 +247,7 @@ func (g *guard) authorize(ctx context.Context, addr string, authorization []stri
 	}
 	switch {
 	case err == nil:
-	case wait > 0:
+	case wait > 0 && err != errNoKey:
 		return nil, &authError{authThrottled, "too many failed authentications from this address; retry later", wait}
 	default:
 		// A request with no key at all is a misconfigured client, not a guess: only keys

@@ -113,6 +113,9 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 			changes = append(changes, importChange{ID: e.ID, Action: "create"})
 		}
 	} else {
+		if _, err := os.Stat(*db); err != nil {
+			fmt.Fprintf(stderr, "note: %s did not exist; created a new database there\n", *db)
+		}
 		st, err := openStore(ctx, *db, time.Now)
 		if err != nil {
 			return err

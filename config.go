@@ -163,7 +163,19 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 			return flag.ErrHelp
 		}
 	}
-	return fs.Parse(args)
+	// The flag package would print the error and the whole usage, and main prints the
+	// error again: say it once, with where to look.
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	defer fs.SetOutput(out)
+	if err := fs.Parse(args); err != nil {
+		help := "liveops -h"
+		if fs.Name() != "liveops" {
+			help = "liveops " + fs.Name() + " -h"
+		}
+		return fmt.Errorf("%w (see %s)", err, help)
+	}
+	return nil
 }
 
 // daysDuration is a flag.Value for a duration that also takes whole days, such as 30d,

@@ -87,6 +87,13 @@ func TestUnknownQueryParametersAreRefused(t *testing.T) {
 	if code, _, _ := ts.get(t, "/events?status=upcoming&label=shop", ts.user); code != 200 {
 		t.Errorf("known parameters: %d; want 200", code)
 	}
+	// Every unknown parameter is named, in order.
+	_, _, body := ts.get(t, "/events?zeta=1&alpha=2&status=active", ts.user)
+	var e errorBody
+	json.Unmarshal(body, &e)
+	if len(e.Error.Fields) != 2 || e.Error.Fields[0].Field != "alpha" || e.Error.Fields[1].Field != "zeta" {
+		t.Errorf("two unknown parameters: %s; want both named, alpha first", body)
+	}
 }
 
 func TestEventByIDTakesAt(t *testing.T) {
@@ -184,6 +191,12 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 	}
 	if st.Code() != codes.InvalidArgument || strings.Join(fields, ",") != "title,end_time,rewards" || !strings.Contains(st.Message(), "line 3, column 13") {
 		t.Fatalf("invalid create: %v, fields %v; want INVALID_ARGUMENT naming title, end_time and rewards, with rewards' line and column", err, fields)
+	}
+	// A time out of range is reported with the rest, not instead of it.
+	req = createReq("", t0, time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC), "")
+	_, err = ts.events.CreateEvent(admin, req)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "end_time: must be between 2000 and 2200") || !strings.Contains(msg, "title: is required") {
+		t.Fatalf("create with a far end and no title: %v; want both problems", err)
 	}
 }
 

@@ -110,15 +110,19 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 	}
 	e, err := eventFromFields(eventFields{req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(),
 		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState()})
-	if err == nil {
-		err = e.validate()
-	}
 	errs.add(err)
+	// Validation reports the rest; a field the request already got wrong is not reported
+	// a second time.
+	for _, fe := range fieldProblems(e.validate()) {
+		if !slices.ContainsFunc(errs, func(p *fieldError) bool { return p.Field == fe.Field }) {
+			errs = append(errs, fe)
+		}
+	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	now := s.rm.now()
 	if req.GetValidateOnly() {
+		now := s.rm.now()
 		e.CreatedAt, e.UpdatedAt, e.Version = now.UTC(), now.UTC(), 1
 		return &eventspb.CreateEventResponse{Event: toProto(e, s.rm.viewOf(e, now)), ServerTime: timestamppb.New(now)}, nil
 	}
@@ -131,6 +135,7 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 		s.rm.applied(ctx, gen, &got, "")
 		s.logWrite(ctx, "create", got.ID)
 	}
+	now := s.rm.now()
 	return &eventspb.CreateEventResponse{Event: toProto(got, s.rm.viewOf(got, now)), ServerTime: timestamppb.New(now)}, nil
 }
 
@@ -192,14 +197,13 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 		}
 		return e.validate()
 	}
-	now := s.rm.now()
 	var got Event
 	if req.GetValidateOnly() {
 		cur, ok := s.rm.snapshot().get(req.GetId())
 		if !ok {
 			return nil, s.st.WhyMissing(ctx, req.GetId())
 		}
-		got, err = applyChange(cur.Event, req.GetEtag(), now.UTC(), change)
+		got, err = applyChange(cur.Event, req.GetEtag(), s.rm.now().UTC(), change)
 	} else {
 		var gen int64
 		if got, gen, err = s.st.UpdateEvent(ctx, req.GetId(), req.GetEtag(), change); err == nil {
@@ -210,6 +214,7 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 	if err != nil {
 		return nil, err
 	}
+	now := s.rm.now()
 	return &eventspb.UpdateEventResponse{Event: toProto(got, s.rm.viewOf(got, now)), ServerTime: timestamppb.New(now)}, nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -256,15 +257,19 @@ func onlyParams(allowed []string, next http.Handler) http.Handler {
 				writeError(w, r, &fieldError{"query", "is malformed: " + err.Error()})
 				return
 			}
-			for name := range v {
+			reason := "unknown query parameter; this endpoint takes none"
+			if len(allowed) > 0 {
+				reason = "unknown query parameter; this endpoint takes only " + strings.Join(allowed, ", ")
+			}
+			var errs fieldErrors
+			for _, name := range slices.Sorted(maps.Keys(v)) {
 				if !slices.Contains(allowed, name) {
-					reason := "this endpoint takes no query parameters"
-					if len(allowed) > 0 {
-						reason = "this endpoint takes only " + strings.Join(allowed, ", ")
-					}
-					writeError(w, r, &fieldError{name, "unknown query parameter; " + reason})
-					return
+					errs = append(errs, &fieldError{name, reason})
 				}
+			}
+			if len(errs) > 0 {
+				writeError(w, r, errs)
+				return
 			}
 		}
 		next.ServeHTTP(w, r)

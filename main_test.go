@@ -321,6 +321,11 @@ func TestCommandLineForNewUsers(t *testing.T) {
 	if f := strings.Fields(strings.Split(stdout, "\n")[1]); len(f) != 7 || !strings.HasPrefix(f[5], time.Now().Add(30*24*time.Hour).UTC().Format("2006-01-02")) {
 		t.Errorf("keys list after -expires 30d:\n%s", stdout)
 	}
+	// A mistake in the flags is reported once, not with the whole usage around it.
+	_, stderr, err = runBin("-nosuchflag")
+	if err == nil || strings.Count(stderr, "nosuchflag") != 1 || strings.Contains(stderr, "usage:") {
+		t.Errorf("liveops -nosuchflag: %v, stderr %q; want one line naming the flag", err, stderr)
+	}
 	// Errors are prefixed once.
 	_, stderr, err = runBin("keys", "revoke", "-db", db)
 	if err == nil || strings.Contains(stderr, "liveops: liveops") || !strings.Contains(stderr, "liveops: keys revoke: want 1 argument") {

@@ -167,6 +167,10 @@ func TestFailedAuthIsThrottled(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("gRPC bad key after failures: %v; want RESOURCE_EXHAUSTED", err)
 	}
+	// A request with no key at all is told so, throttled or not.
+	if code, _, body := ts.get(t, "/events", ""); code != 401 || !strings.Contains(string(body), "missing API key") {
+		t.Fatalf("no key from a throttled address: %d %s; want 401", code, body)
+	}
 	// ...but players with valid keys behind the same address (a carrier NAT, an office
 	// router) are never locked out by someone else's scan.
 	if code, _, body := ts.get(t, "/events", ts.user); code != 200 {

@@ -41,15 +41,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := newLogger(cfg.logFormat, stderr)
 	defer log.out.Flush()
 
-	st, err := openStore(ctx, cfg.db, time.Now, fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+	// The port first: a start that cannot have it leaves no database file behind.
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	st, err := openStore(ctx, cfg.db, time.Now, fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer st.Close()
 	// Only now that the port is ours: a start that fails must not use up the keys.
 	if err := bootstrapKeys(ctx, st, cfg.bootstrapKeysFile, stdout); err != nil {
 		ln.Close()

@@ -38,7 +38,8 @@ const (
 	EventStatus_EVENT_STATUS_UPCOMING EventStatus = 1
 	// start_time <= now < end_time (of an occurrence, for a recurring event).
 	EventStatus_EVENT_STATUS_ACTIVE EventStatus = 2
-	// After it ended (between occurrences: the last one ended, the next is not previewed yet).
+	// After its last occurrence ended. Between two occurrences of a recurring event the
+	// status is UPCOMING, with next_start_time the next one's start.
 	EventStatus_EVENT_STATUS_ENDED EventStatus = 3
 )
 
