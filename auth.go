@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -130,22 +131,29 @@ func (kr *keyring) reload(ctx context.Context) error {
 // learn looks up a key the keyring does not hold yet, such as one `liveops keys create`
 // made in another process since the last reload, and adds it. Only well-formed keys with a
 // correct checksum get here, so random guesses never reach the database.
-func (kr *keyring) learn(ctx context.Context, digest [sha256.Size]byte) (*keyEntry, bool) {
+//
+// It returns errInvalidKey for a key the database does not hold either, and the store's
+// error when the database could not say: a valid key must not be refused as invalid
+// (and counted as a guess) because the database was busy.
+func (kr *keyring) learn(ctx context.Context, digest [sha256.Size]byte) (*keyEntry, error) {
 	k, err := kr.st.KeyByHash(ctx, digest)
+	if errors.Is(err, errNotFound) {
+		return nil, errInvalidKey
+	}
 	if err != nil {
-		return nil, false
+		return nil, err
 	}
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	cur := *kr.keys.Load()
 	if e, ok := cur[digest]; ok {
-		return e, true
+		return e, nil
 	}
 	next := maps.Clone(cur)
 	e := &keyEntry{apiKey: k, used: new(atomic.Bool)}
 	next[digest] = e
 	kr.keys.Store(&next)
-	return e, true
+	return e, nil
 }
 
 // authenticate returns the live key whose text is secret. A key this keyring does not hold
@@ -158,12 +166,18 @@ func (kr *keyring) authenticate(ctx context.Context, secret string, mayLearn boo
 	var buf [keyLen]byte
 	digest := sha256.Sum256(append(buf[:0], secret...))
 	e, ok := (*kr.keys.Load())[digest]
-	if !ok && mayLearn {
-		e, ok = kr.learn(ctx, digest)
+	if !ok {
+		if !mayLearn {
+			return nil, errInvalidKey
+		}
+		var err error
+		if e, err = kr.learn(ctx, digest); err != nil {
+			return nil, err
+		}
 	}
 	// The map lookup found the entry by its digest; comparing the digests again in constant
 	// time keeps the final decision free of timing differences whatever the map does.
-	if !ok || subtle.ConstantTimeCompare(e.Hash[:], digest[:]) != 1 {
+	if subtle.ConstantTimeCompare(e.Hash[:], digest[:]) != 1 {
 		return nil, errInvalidKey
 	}
 	if !e.RevokedAt.IsZero() {
@@ -172,12 +186,18 @@ func (kr *keyring) authenticate(ctx context.Context, secret string, mayLearn boo
 	if !e.ExpiresAt.IsZero() && !kr.now().Before(e.ExpiresAt) {
 		return nil, errExpiredKey
 	}
+	return e, nil
+}
+
+// markUsed records that k served a request, for the next flush of last_used_at. Callers
+// call it once the request is admitted, so a request refused for other reasons (too many
+// in flight, say) does not count as a use.
+func (k *keyEntry) markUsed() {
 	// Load before Store, so concurrent requests with one key do not all write the same
 	// cache line.
-	if !e.used.Load() {
-		e.used.Store(true)
+	if !k.used.Load() {
+		k.used.Store(true)
 	}
-	return e, nil
 }
 
 // flushUsage records the keys used since the last flush as last used now.
@@ -237,7 +257,9 @@ type guard struct {
 // The failure limiter refuses only requests whose key is not good: a player with a valid
 // key is never locked out because someone behind the same address (a carrier NAT, an
 // office router) is guessing keys. A throttled address gets no database look-ups either,
-// so a scan costs it a hash and a map look-up per guess.
+// so a scan costs it a hash and a map look-up per guess; the one exception that follows is
+// a key made by another process in the last -reload-interval, which such an address can
+// use once the keyring has reloaded.
 func (g *guard) authorize(ctx context.Context, addr string, authorization []string, need role) (*keyEntry, error) {
 	wait := g.limiter.blockedFor(addr)
 	secret, err := bearerToken(authorization)
@@ -247,6 +269,8 @@ func (g *guard) authorize(ctx context.Context, addr string, authorization []stri
 	}
 	switch {
 	case err == nil:
+	case !isKeyRefusal(err):
+		return nil, err // the database could not say: not the caller's fault, and not a guess
 	case wait > 0 && err != errNoKey:
 		return nil, &authError{authThrottled, "too many failed authentications from this address; retry later", wait}
 	default:
@@ -304,6 +328,7 @@ func (g *guard) requireRole(need role, next http.Handler) http.Handler {
 			writeError(w, r.WithContext(ctx), err)
 			return
 		}
+		k.markUsed()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
@@ -314,4 +339,14 @@ func remoteIP(addr string) string {
 		return host
 	}
 	return addr
+}
+
+// isKeyRefusal reports whether err is a verdict on the key the caller sent, rather than a
+// failure to reach one.
+func isKeyRefusal(err error) bool {
+	switch err {
+	case errNoKey, errTwoKeys, errBadScheme, errInvalidKey, errRevokedKey, errExpiredKey:
+		return true
+	}
+	return false
 }

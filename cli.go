@@ -464,7 +464,8 @@ func createKey(ctx context.Context, st *store, r role, name string, ttl time.Dur
 // bootstrapKeys creates one key of each role when the database has no keys at all, so that
 // a fresh `go run .` can be used straight away, and writes them once: to the file named
 // (created, mode 0600, refusing to overwrite) or to stdout, apart from the log on stderr,
-// so that a log collector never receives them.
+// so that a collector of the log alone never receives them. A container runtime collects
+// stdout too: there, -bootstrap-keys-file keeps them out of its logs.
 func bootstrapKeys(ctx context.Context, st *store, file string, stdout io.Writer) error {
 	has, err := st.HasKeys(ctx)
 	if err != nil || has {

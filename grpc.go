@@ -484,7 +484,7 @@ func grpcStatus(err error) (st *status.Status, internal bool) {
 			return status.New(codes.PermissionDenied, ae.msg), false
 		case authThrottled:
 			return withDetails(status.New(codes.ResourceExhausted, ae.msg),
-				&errdetails.RetryInfo{RetryDelay: durationpb.New(ae.retryAfter.Round(time.Second))}), false
+				&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfterSeconds(ae.retryAfter))}), false
 		}
 		return status.New(codes.Unauthenticated, ae.msg), false
 	case fieldProblems(err) != nil:
@@ -531,16 +531,26 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) *status.Sta
 // UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED at once, whatever it sends
 // after. It refuses codecs liveops does not serve, bounds the calls in flight, and writes
 // one access-log line for every call it answers, grpc-go's own refusals included.
-func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.Handler {
+func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int, log *logger) http.Handler {
+	streams := streamingMethods(gs)
+	// Health calls need no key, so anyone can open them: they get a small bound of their
+	// own, and cannot take the slots of keyed calls.
+	health := &inFlight{max: maxHealthInFlight}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ctx, info := withRequestInfo(r.Context())
 		method := r.URL.Path
 		// Every encoding liveops accepts: grpc-go answers in the one the call used.
 		w.Header().Set("Grpc-Accept-Encoding", "gzip")
+		bound := inflight
+		var k *keyEntry
 		st := func() *status.Status {
+			if n := headerBytes(r); n > maxHeaderBytes {
+				return status.Newf(codes.ResourceExhausted, "request metadata is %d bytes; the limit is %d (-max-header-bytes)", n, maxHeaderBytes)
+			}
 			if need := rpcRole(method); need != rolePublic {
-				k, err := g.authorize(ctx, remoteIP(r.RemoteAddr), r.Header["Authorization"], need)
+				var err error
+				k, err = g.authorize(ctx, remoteIP(r.RemoteAddr), r.Header["Authorization"], need)
 				if k != nil {
 					info.setCaller(k)
 				}
@@ -548,11 +558,13 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.H
 					s, _ := grpcStatus(err)
 					return s
 				}
+			} else {
+				bound = health
 			}
 			if sub := grpcSubtype(r.Header.Get("Content-Type")); sub != "" && sub != "proto" {
 				return status.Newf(codes.Unimplemented, "content-type application/grpc+%s is not served: liveops speaks application/grpc (protobuf)", sub)
 			}
-			if !inflight.acquire() {
+			if !bound.acquire() {
 				return status.New(codes.Unavailable, errTooBusy.Error())
 			}
 			return nil
@@ -561,13 +573,19 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.H
 			info.setReason(st.Message())
 			writeGRPCStatus(w, st)
 		} else {
-			defer inflight.release()
-			// -read-timeout and -write-timeout would cut a stream with RST_STREAM, which
-			// clients see as INTERNAL; the interceptors give each call a deadline instead,
-			// and each stream a maximum age, ended with a status that says why.
-			rc := http.NewResponseController(w)
-			rc.SetReadDeadline(time.Time{})
-			rc.SetWriteDeadline(time.Time{})
+			defer bound.release()
+			if k != nil {
+				k.markUsed()
+			}
+			if streams[method] {
+				// -read-timeout and -write-timeout would cut a stream with RST_STREAM,
+				// which clients see as INTERNAL; a stream gets a maximum age instead (see
+				// streamInterceptor), ended with a status that says why. A unary call
+				// keeps both: it must send its request and get its answer in time.
+				rc := http.NewResponseController(w)
+				rc.SetReadDeadline(time.Time{})
+				rc.SetWriteDeadline(time.Time{})
+			}
 			// grpc-go's ServeHTTP needs a Flusher; this records nothing but passes it on.
 			gs.ServeHTTP(flushWriter{w}, r.WithContext(ctx))
 		}
@@ -582,6 +600,22 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, log *logger) http.H
 		e.took = e.end.Sub(start)
 		log.access(e.from(info))
 	})
+}
+
+// maxHealthInFlight bounds the keyless health calls served at once.
+const maxHealthInFlight = 64
+
+// streamingMethods returns the full names of gs's streaming methods.
+func streamingMethods(gs *grpc.Server) map[string]bool {
+	out := map[string]bool{}
+	for name, info := range gs.GetServiceInfo() {
+		for _, m := range info.Methods {
+			if m.IsClientStream || m.IsServerStream {
+				out["/"+name+"/"+m.Name] = true
+			}
+		}
+	}
+	return out
 }
 
 // flushWriter is w, with the Flusher grpc-go insists on seeing in the method set.

@@ -276,6 +276,12 @@ func onlyParams(allowed []string, next http.Handler) http.Handler {
 	})
 }
 
+// retryAfterSeconds rounds a wait up to whole seconds, as Retry-After counts it and as the
+// gRPC RetryInfo says it too: a client told 0 would come straight back.
+func retryAfterSeconds(d time.Duration) time.Duration {
+	return max(time.Second, (d+time.Second-1)/time.Second*time.Second)
+}
+
 // httpError is a refusal that only HTTP has words for: an unknown endpoint, a method a
 // path does not serve, a body on a GET.
 type httpError struct {
@@ -318,7 +324,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 			status = http.StatusForbidden
 		case authThrottled:
 			status = http.StatusTooManyRequests
-			w.Header().Set("Retry-After", strconv.Itoa(int(ae.retryAfter.Seconds()+0.999)))
+			w.Header().Set("Retry-After", strconv.Itoa(int(retryAfterSeconds(ae.retryAfter)/time.Second)))
 		default:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="liveops"`)
 		}

@@ -10,9 +10,10 @@ import (
 )
 
 // failureLimiter counts failed authentications per client IP address in fixed windows.
-// An address with more than limit failures in one window is refused for block, whatever
-// key it sends, so nobody can try keys at full speed. Only addresses that failed are
-// tracked; while there are none, blockedFor takes no lock.
+// An address with more than limit failures in one window is blocked for block: its
+// requests without a valid key are refused unlooked-at (see guard.authorize), so nobody
+// can try keys at full speed. Only addresses that failed are tracked; while there are
+// none, blockedFor takes no lock.
 type failureLimiter struct {
 	limit  int
 	window time.Duration

@@ -506,3 +506,19 @@ func TestUpdateWithoutStateKeepsIt(t *testing.T) {
 		t.Fatalf("players see %q", l.titles())
 	}
 }
+
+func TestAnAnswerIsNotServedPastItsBoundary(t *testing.T) {
+	c := newClock(t0.Add(100 * time.Millisecond))
+	ts := startClockedServer(t, c)
+	if _, err := ts.events.CreateEvent(withKey(ts.admin), createReq("brief", t0.Add(-time.Hour), t0.Add(500*time.Millisecond), "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, l := ts.list(t, ""); l.titles() != "brief" {
+		t.Fatalf("at +100ms: %q; want brief", l.titles())
+	}
+	// The same second, but after the event ended: the cached answer must not be reused.
+	c.set(t0.Add(600 * time.Millisecond))
+	if _, l := ts.list(t, ""); l.titles() != "" {
+		t.Fatalf("at +600ms, after it ended: %q; want nothing", l.titles())
+	}
+}

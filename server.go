@@ -12,9 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
-	"google.golang.org/grpc/status"
 )
 
 // run is the whole program: main only calls it. It runs a subcommand, or parses the
@@ -156,7 +154,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	mux := http.NewServeMux()
 	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel, cors{cfg.corsOrigins})
 	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown,
-		handler: newHandler(mux, grpcGate(gs, g, inflight, log), inflight, lim, log)}, nil
+		handler: newHandler(mux, grpcGate(gs, g, inflight, lim.maxHeaderBytes, log), inflight, lim, log)}, nil
 }
 
 // The answer cache's bounds: enough for every variant a game's clients ask in one second,
@@ -283,10 +281,6 @@ func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim
 		ct := r.Header.Get("Content-Type")
 		switch {
 		case isGRPC(ct) && r.ProtoMajor == 2:
-			if headerBytes(r) > lim.maxHeaderBytes {
-				writeGRPCStatus(w, status.Newf(codes.ResourceExhausted, "request metadata is %d bytes; the limit is %d", headerBytes(r), lim.maxHeaderBytes))
-				return
-			}
 			grpcGate.ServeHTTP(w, r)
 		case isGRPC(ct):
 			grpcOverHTTP1.ServeHTTP(w, r)
@@ -299,8 +293,8 @@ func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim
 }
 
 // limitRequests refuses, before any route runs, a request whose header block is over
-// maxHeaderBytes (431; net/http itself lets up to 4 KiB more through) and, but for
-// liveness probes, one that would take the requests in flight past their bound (503).
+// maxHeaderBytes (431; net/http itself lets up to 4 KiB more through) and, but for the
+// health probes, one that would take the requests in flight past their bound (503).
 func limitRequests(maxHeaderBytes int, inflight *inFlight, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n := headerBytes(r); n > maxHeaderBytes {
@@ -309,7 +303,9 @@ func limitRequests(maxHeaderBytes int, inflight *inFlight, next http.Handler) ht
 				fmt.Sprintf("request header block is %d bytes; the limit is %d", n, maxHeaderBytes)})
 			return
 		}
-		if r.URL.Path != "/livez" {
+		// The probes answer from memory: an orchestrator must hear them however busy
+		// the instance is.
+		if p := r.URL.Path; p != "/livez" && p != "/readyz" && p != "/healthz" {
 			if !inflight.acquire() {
 				w.Header().Set("Retry-After", "1")
 				writeError(w, r, &httpError{http.StatusServiceUnavailable, errTooBusy.Error()})

@@ -22,7 +22,7 @@ import (
 )
 
 // store keeps events, their revisions and API keys in one SQLite file. Every SQL statement
-// liveops runs is in this file or, for keys, in keystore.go.
+// liveops runs is in this file, keystore.go (keys) or revisions.go (reading history).
 //
 // Times are stored as Unix nanoseconds in UTC, so that comparisons in SQL are integer
 // comparisons and a protobuf Timestamp survives a round trip unchanged. Writes take their
