@@ -329,7 +329,10 @@ func (g *guard) requireRole(need role, next http.Handler) http.Handler {
 			return
 		}
 		k.markUsed()
-		next.ServeHTTP(w, r.WithContext(ctx))
+		if ctx != r.Context() {
+			r = r.WithContext(ctx)
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -71,6 +72,28 @@ type logger struct {
 	*slog.Logger
 	out  *logOutput
 	json bool
+	// second holds the current second's date and time and zone offset, formatted: the
+	// parts of every access-log time that change only once a second.
+	second atomic.Pointer[formattedSecond]
+}
+
+type formattedSecond struct {
+	unix           int64
+	prefix, suffix []byte // 2006-01-02T15:04:05 and Z07:00
+}
+
+// appendTime appends t as slog writes times, local, 2006-01-02T15:04:05.000Z07:00,
+// formatting the date, time and zone only once a second (see BenchmarkAccessLog).
+func (l *logger) appendTime(b []byte, t time.Time) []byte {
+	sec := l.second.Load()
+	if sec == nil || sec.unix != t.Unix() {
+		sec = &formattedSecond{unix: t.Unix(), prefix: t.AppendFormat(nil, "2006-01-02T15:04:05"), suffix: t.AppendFormat(nil, "Z07:00")}
+		l.second.Store(sec)
+	}
+	b = append(b, sec.prefix...)
+	ms := t.Nanosecond() / int(time.Millisecond)
+	b = append(b, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10))
+	return append(b, sec.suffix...)
 }
 
 func newLogger(format string, w io.Writer) *logger {
@@ -185,13 +208,13 @@ func (l *logger) access(e *accessEntry) {
 	}
 	if l.json {
 		b = append(b, `{"time":"`...)
-		b = e.end.AppendFormat(b, time.RFC3339[:19]+".000Z07:00")
+		b = l.appendTime(b, e.end)
 		b = append(b, `","level":"`...)
 		b = append(b, level...)
 		b = append(b, `","msg":"request"`...)
 	} else {
 		b = append(b, "time="...)
-		b = e.end.AppendFormat(b, time.RFC3339[:19]+".000Z07:00")
+		b = l.appendTime(b, e.end)
 		b = append(b, " level="...)
 		b = append(b, level...)
 		b = append(b, " msg=request"...)

@@ -405,10 +405,12 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// statusRecorder remembers the status a handler wrote, for the access log.
+// statusRecorder remembers the status a handler wrote, and holds the request's info, for
+// the access log.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	info   requestInfo
 }
 
 func (rec *statusRecorder) WriteHeader(code int) {
@@ -433,15 +435,15 @@ func (rec *statusRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWri
 func logRequests(log *logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx, info := withRequestInfo(r.Context())
+		// One allocation holds the recorder and the request's info.
 		rec := &statusRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r.WithContext(ctx))
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), infoKey{}, &rec.info)))
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
 		e := &accessEntry{end: time.Now(), proto: r.Proto, method: r.Method, path: r.URL.Path,
 			status: rec.status, failed: rec.status >= 500}
 		e.took = e.end.Sub(start)
-		log.access(e.from(info))
+		log.access(e.from(&rec.info))
 	})
 }
