@@ -1,14 +1,19 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
 // This file holds the SQL that reads event history: the revisions every write records (see
-// recordWrite), for one event or, as the audit log, for all.
+// recordWrite), for one event, as the audit log for all, and as the changes a server
+// catches up on.
 
 // revision is one recorded write to an event.
 type revision struct {
@@ -97,3 +102,91 @@ func (st *store) AuditLog(ctx context.Context, since time.Time, keyID string, af
 	where += ` ORDER BY r.at DESC, r.event_id DESC, r.revision DESC LIMIT ?`
 	return st.queryRevisions(ctx, where, append(args, limit)...)
 }
+
+// errGap: the revisions since a generation do not account for every write since, as
+// for writes made before revisions carried their generation. The caller reloads.
+var errGap = errors.New("the revision log does not cover every change since that generation")
+
+// maxChanges is the most changes ChangesSince reads one by one; past it, reloading every
+// event is as cheap.
+const maxChanges = 1000
+
+// change is an event written since some generation: as it is now, or deleted.
+type change struct {
+	id      string
+	event   *Event // nil: deleted
+	lastGen int64  // the generation of the last write to it
+}
+
+// ChangesSince returns the events written after generation since, as they stand now, and
+// the generation they bring a snapshot to: a cost in proportion to the writes, not to the
+// events. It returns errGap when it cannot account for every write since.
+func (st *store) ChangesSince(ctx context.Context, since int64) ([]change, int64, error) {
+	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	defer tx.Rollback()
+	var gen int64
+	if err := tx.QueryRowContext(ctx, generationQuery).Scan(&gen); err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	if gen-since > maxChanges || gen < since {
+		return nil, 0, errGap
+	}
+	rows, err := tx.QueryContext(ctx,
+		`SELECT generation, event_id FROM event_revisions WHERE generation > ? ORDER BY generation`, since)
+	if err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	defer rows.Close()
+	var changes []change
+	last := map[string]int{} // id -> index in changes
+	seen := since
+	for rows.Next() {
+		var g int64
+		var id string
+		if err := rows.Scan(&g, &id); err != nil {
+			return nil, 0, storeError("read changes", err)
+		}
+		if g != seen+1 {
+			return nil, 0, errGap
+		}
+		seen = g
+		if i, ok := last[id]; ok {
+			changes[i].lastGen = g
+			continue
+		}
+		last[id] = len(changes)
+		changes = append(changes, change{id: id, lastGen: g})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, storeError("read changes", err)
+	}
+	if seen != gen {
+		return nil, 0, errGap
+	}
+	for i := range changes {
+		e, err := getEvent(ctx, tx, changes[i].id)
+		switch {
+		case err == nil:
+			changes[i].event = &e
+		case !errors.Is(err, errNotFound):
+			return nil, 0, storeError("read changes", err)
+		}
+	}
+	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.lastGen, b.lastGen) })
+	return changes, gen, nil
+}
+
+// generationQuery reads the events generation.
+const generationQuery = `SELECT value FROM meta WHERE name = 'events_generation'`
+
+// Generation returns the events generation: it grows with every committed event write, by
+// any process.
+func (st *store) Generation(ctx context.Context) (int64, error) {
+	var gen int64
+	err := st.db.QueryRowContext(ctx, generationQuery).Scan(&gen)
+	return gen, storeError("read generation", err)
+}
+

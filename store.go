@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -185,94 +184,6 @@ func (st *store) DiscardIdleConnections() {
 
 // defaultMaxIdleConns is database/sql's default, restored after DiscardIdleConnections.
 const defaultMaxIdleConns = 2
-
-// migrations are applied in order; PRAGMA user_version records how many have run.
-// Append new ones; never edit or reorder one that has shipped.
-var migrations = []string{
-	`CREATE TABLE events (
-		id          TEXT PRIMARY KEY,
-		title       TEXT NOT NULL,
-		description TEXT NOT NULL DEFAULT '',
-		start_time  INTEGER NOT NULL,
-		end_time    INTEGER NOT NULL,
-		rewards     TEXT NOT NULL DEFAULT '{}',
-		created_at  INTEGER NOT NULL,
-		updated_at  INTEGER NOT NULL,
-		CHECK (end_time > start_time)
-	);
-	-- "Active now" is start_time <= t < end_time: the index lets SQLite skip every ended event.
-	CREATE INDEX events_by_end ON events (end_time, start_time);
-	CREATE INDEX events_by_start ON events (start_time, id);
-	CREATE TABLE api_keys (
-		id           TEXT PRIMARY KEY,
-		hash         BLOB NOT NULL UNIQUE,
-		role         TEXT NOT NULL CHECK (role IN ('http_user', 'grpc_admin')),
-		name         TEXT NOT NULL DEFAULT '',
-		created_at   INTEGER NOT NULL,
-		last_used_at INTEGER,
-		revoked_at   INTEGER,
-		expires_at   INTEGER
-	);`,
-	// 2: etags (a version bumped on every write) and idempotent creates.
-	`ALTER TABLE events ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
-	CREATE TABLE create_requests (
-		request_id  TEXT PRIMARY KEY,
-		fingerprint BLOB NOT NULL,
-		event_id    TEXT NOT NULL,
-		created_at  INTEGER NOT NULL
-	);
-	CREATE INDEX create_requests_by_time ON create_requests (created_at);`,
-	// 3: a generation counter that every event write bumps in its transaction, so a server
-	// can tell whether the database holds event writes its read model has not seen.
-	`CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-	INSERT INTO meta (name, value) VALUES ('events_generation', 0);`,
-	// 4: scheduling: previews, recurrence (JSON, NULL for none), priority, labels (comma
-	// separated, sorted) and drafts.
-	`ALTER TABLE events ADD COLUMN preview_time INTEGER;
-	ALTER TABLE events ADD COLUMN recurrence TEXT;
-	ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
-	ALTER TABLE events ADD COLUMN labels TEXT NOT NULL DEFAULT '';
-	ALTER TABLE events ADD COLUMN state TEXT NOT NULL DEFAULT 'PUBLISHED' CHECK (state IN ('PUBLISHED', 'DRAFT'));`,
-	// 5: history. A revision per write, kept after the event is deleted (no foreign key), with
-	// the event as it stood after the write (before it, for a delete) as JSON.
-	`CREATE TABLE event_revisions (
-		event_id TEXT NOT NULL,
-		revision INTEGER NOT NULL,
-		action   TEXT NOT NULL CHECK (action IN ('create', 'update', 'delete', 'restore')),
-		key_id   TEXT NOT NULL,
-		at       INTEGER NOT NULL,
-		event    TEXT NOT NULL,
-		PRIMARY KEY (event_id, revision)
-	);
-	CREATE INDEX event_revisions_by_time ON event_revisions (at, event_id, revision);
-	CREATE INDEX event_revisions_by_key ON event_revisions (key_id, at);`,
-	// 6: the events generation of each revision, so that a server can catch up on the
-	// writes since the generation it holds without reading every event.
-	`ALTER TABLE event_revisions ADD COLUMN generation INTEGER;
-	CREATE INDEX event_revisions_by_generation ON event_revisions (generation);`,
-}
-
-// migrate brings the schema up to date inside one write transaction, so two processes
-// starting at once cannot both apply the same migration.
-func (st *store) migrate(ctx context.Context) error {
-	return st.inTx(ctx, "migrate", func(tx *sql.Tx) error {
-		var version int
-		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-			return fmt.Errorf("read schema version: %w", err)
-		}
-		if version > len(migrations) {
-			return fmt.Errorf("database schema version %d is newer than this binary knows (%d)", version, len(migrations))
-		}
-		for i := version; i < len(migrations); i++ {
-			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-				return fmt.Errorf("step %d: %w", i+1, err)
-			}
-		}
-		// PRAGMA takes no bound parameters; the value is an integer we control.
-		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations)))
-		return err
-	})
-}
 
 // inTx runs fn in a write transaction and commits it when fn succeeds. Every error comes
 // back through storeError, wrapped with op. After a read-only or I/O failure the idle
@@ -530,93 +441,6 @@ func recordWrite(ctx context.Context, tx *sql.Tx, action string, at time.Time, e
 		SELECT ?, coalesce(max(revision), 0) + 1, ?, ?, ?, ?, ? FROM event_revisions WHERE event_id = ?`,
 		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), gen, e.ID)
 	return gen, err
-}
-
-// errGap: the revisions since a generation do not account for every write since, as
-// for writes made before revisions carried their generation. The caller reloads.
-var errGap = errors.New("the revision log does not cover every change since that generation")
-
-// maxChanges is the most changes ChangesSince reads one by one; past it, reloading every
-// event is as cheap.
-const maxChanges = 1000
-
-// change is an event written since some generation: as it is now, or deleted.
-type change struct {
-	id      string
-	event   *Event // nil: deleted
-	lastGen int64  // the generation of the last write to it
-}
-
-// ChangesSince returns the events written after generation since, as they stand now, and
-// the generation they bring a snapshot to: a cost in proportion to the writes, not to the
-// events. It returns errGap when it cannot account for every write since.
-func (st *store) ChangesSince(ctx context.Context, since int64) ([]change, int64, error) {
-	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		return nil, 0, storeError("read changes", err)
-	}
-	defer tx.Rollback()
-	var gen int64
-	if err := tx.QueryRowContext(ctx, generationQuery).Scan(&gen); err != nil {
-		return nil, 0, storeError("read changes", err)
-	}
-	if gen-since > maxChanges || gen < since {
-		return nil, 0, errGap
-	}
-	rows, err := tx.QueryContext(ctx,
-		`SELECT generation, event_id FROM event_revisions WHERE generation > ? ORDER BY generation`, since)
-	if err != nil {
-		return nil, 0, storeError("read changes", err)
-	}
-	defer rows.Close()
-	var changes []change
-	last := map[string]int{} // id -> index in changes
-	seen := since
-	for rows.Next() {
-		var g int64
-		var id string
-		if err := rows.Scan(&g, &id); err != nil {
-			return nil, 0, storeError("read changes", err)
-		}
-		if g != seen+1 {
-			return nil, 0, errGap
-		}
-		seen = g
-		if i, ok := last[id]; ok {
-			changes[i].lastGen = g
-			continue
-		}
-		last[id] = len(changes)
-		changes = append(changes, change{id: id, lastGen: g})
-	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, storeError("read changes", err)
-	}
-	if seen != gen {
-		return nil, 0, errGap
-	}
-	for i := range changes {
-		e, err := getEvent(ctx, tx, changes[i].id)
-		switch {
-		case err == nil:
-			changes[i].event = &e
-		case !errors.Is(err, errNotFound):
-			return nil, 0, storeError("read changes", err)
-		}
-	}
-	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.lastGen, b.lastGen) })
-	return changes, gen, nil
-}
-
-// generationQuery reads the events generation.
-const generationQuery = `SELECT value FROM meta WHERE name = 'events_generation'`
-
-// Generation returns the events generation: it grows with every committed event write, by
-// any process.
-func (st *store) Generation(ctx context.Context) (int64, error) {
-	var gen int64
-	err := st.db.QueryRowContext(ctx, generationQuery).Scan(&gen)
-	return gen, storeError("read generation", err)
 }
 
 // createRequestTTL is how long a create's request_id is remembered. The promise to clients
