@@ -189,4 +189,3 @@ func (st *store) Generation(ctx context.Context) (int64, error) {
 	err := st.db.QueryRowContext(ctx, generationQuery).Scan(&gen)
 	return gen, storeError("read generation", err)
 }
-

@@ -95,4 +95,3 @@ func (st *store) migrate(ctx context.Context) error {
 		return err
 	})
 }
-
