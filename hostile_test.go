@@ -556,7 +556,7 @@ func TestKeylessHealthCannotTakeKeyedSlots(t *testing.T) {
 }
 
 func TestAUnaryCallMustSendItsRequestInTime(t *testing.T) {
-	ts := startServer(t, "-max-in-flight", "1", "-read-timeout", "300ms")
+	ts := startServer(t, "-max-in-flight", "1", "-read-timeout", "2s")
 	// A keyed call that sends its headers and never its message holds the only slot...
 	c := dialH2(t, ts.addr, 1<<20)
 	go c.readLoop(nil)
