@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"database/sql"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,7 +31,7 @@ func seedEvents(tb testing.TB, st *store, n int, title string, start, end time.T
 	tb.Helper()
 	ctx := withActor(context.Background(), "seed")
 	rewards := `{"items":[{"id":"gem","qty":50},{"id":"chest","qty":1}]}`
-	err := st.inTx(ctx, "seed", func(tx *sql.Tx) error {
+	err := st.inTx(ctx, "seed", func(tx *dbTx) error {
 		for i := range n {
 			e := Event{ID: newID(), Title: fmt.Sprintf("%s %d", title, i),
 				Description: "Bench event with a description of typical length for a game client card.",

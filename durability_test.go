@@ -57,162 +57,168 @@ func integrityCheck(t testing.TB, st *store, ctx context.Context) (string, error
 func soak() bool { return os.Getenv("LIVEOPS_SOAK") != "" }
 
 func TestConcurrentReadModifyWriteWithETags(t *testing.T) {
-	ts := startServer(t)
-	admin := withKey(ts.admin)
-	created, err := ts.events.CreateEvent(admin, createReq("counter", t0, t0.Add(time.Hour), `{"n":0}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created.GetEvent().GetId()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ts := startServerWith(t, dsn)
+		admin := withKey(ts.admin)
+		created, err := ts.events.CreateEvent(admin, createReq("counter", t0, t0.Add(time.Hour), `{"n":0}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := created.GetEvent().GetId()
 
-	var successes, aborted atomic.Int64
-	var wg sync.WaitGroup
-	for range 50 {
-		wg.Go(func() {
-			for range 4 {
-				got, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: id})
-				if err != nil {
-					t.Error(err)
-					return
+		var successes, aborted atomic.Int64
+		var wg sync.WaitGroup
+		for range 50 {
+			wg.Go(func() {
+				for range 4 {
+					got, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: id})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					var n int
+					fmt.Sscanf(got.GetEvent().GetRewards(), `{"n":%d}`, &n)
+					_, err = ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{
+						Id: id, Etag: got.GetEvent().GetEtag(),
+						Rewards:    fmt.Sprintf(`{"n":%d}`, n+1),
+						UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rewards"}},
+					})
+					switch status.Code(err) {
+					case codes.OK:
+						successes.Add(1)
+					case codes.Aborted:
+						aborted.Add(1)
+					default:
+						t.Errorf("UpdateEvent: %v", err)
+						return
+					}
 				}
-				var n int
-				fmt.Sscanf(got.GetEvent().GetRewards(), `{"n":%d}`, &n)
-				_, err = ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{
-					Id: id, Etag: got.GetEvent().GetEtag(),
-					Rewards:    fmt.Sprintf(`{"n":%d}`, n+1),
-					UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rewards"}},
-				})
-				switch status.Code(err) {
-				case codes.OK:
-					successes.Add(1)
-				case codes.Aborted:
-					aborted.Add(1)
-				default:
-					t.Errorf("UpdateEvent: %v", err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	final, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf(`{"n":%d}`, successes.Load())
-	if final.GetEvent().GetRewards() != want {
-		t.Fatalf("final rewards %s after %d successful and %d aborted updates; want %s (a lost update)",
-			final.GetEvent().GetRewards(), successes.Load(), aborted.Load(), want)
-	}
-	if final.GetEvent().GetTitle() != "counter" {
-		t.Fatalf("a masked update changed the title to %q", final.GetEvent().GetTitle())
-	}
-	t.Logf("%d successful, %d aborted", successes.Load(), aborted.Load())
+			})
+		}
+		wg.Wait()
+		final, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`{"n":%d}`, successes.Load())
+		if final.GetEvent().GetRewards() != want {
+			t.Fatalf("final rewards %s after %d successful and %d aborted updates; want %s (a lost update)",
+				final.GetEvent().GetRewards(), successes.Load(), aborted.Load(), want)
+		}
+		if final.GetEvent().GetTitle() != "counter" {
+			t.Fatalf("a masked update changed the title to %q", final.GetEvent().GetTitle())
+		}
+		t.Logf("%d successful, %d aborted", successes.Load(), aborted.Load())
+	})
 }
 
 func TestETagsAndMasksOverGRPC(t *testing.T) {
-	ts := startServer(t)
-	admin := withKey(ts.admin)
-	created, err := ts.events.CreateEvent(admin, createReq("masked", t0, t0.Add(time.Hour), `{"a":1}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := created.GetEvent()
-	if ev.GetEtag() == "" {
-		t.Fatal("a created event has no etag")
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ts := startServerWith(t, dsn)
+		admin := withKey(ts.admin)
+		created, err := ts.events.CreateEvent(admin, createReq("masked", t0, t0.Add(time.Hour), `{"a":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := created.GetEvent()
+		if ev.GetEtag() == "" {
+			t.Fatal("a created event has no etag")
+		}
 
-	upd, err := ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{
-		Id: ev.GetId(), Title: "renamed", Etag: ev.GetEtag(),
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}},
-	})
-	if err != nil {
-		t.Fatalf("masked update: %v", err)
-	}
-	u := upd.GetEvent()
-	if u.GetTitle() != "renamed" || u.GetDescription() != ev.GetDescription() || u.GetRewards() != ev.GetRewards() ||
-		!u.GetStartTime().AsTime().Equal(ev.GetStartTime().AsTime()) || u.GetEtag() == ev.GetEtag() {
-		t.Fatalf("after a title-only update: %v (was %v)", u, ev)
-	}
-
-	tests := []struct {
-		name string
-		req  *eventspb.UpdateEventRequest
-		want codes.Code
-	}{
-		{"stale etag", &eventspb.UpdateEventRequest{Id: ev.GetId(), Title: "x", Etag: ev.GetEtag(),
-			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}}}, codes.Aborted},
-		{"unknown mask path", &eventspb.UpdateEventRequest{Id: ev.GetId(), Title: "x",
-			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title", "created_at"}}}, codes.InvalidArgument},
-		{"masked field made invalid", &eventspb.UpdateEventRequest{Id: ev.GetId(), EndTime: ev.GetStartTime(),
-			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"end_time"}}}, codes.InvalidArgument},
-		{"unknown id with etag", &eventspb.UpdateEventRequest{Id: newID(), Title: "x", Etag: u.GetEtag(),
-			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}}}, codes.NotFound},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := ts.events.UpdateEvent(admin, tt.req)
-			if status.Code(err) != tt.want {
-				t.Fatalf("UpdateEvent = %v; want %v", err, tt.want)
-			}
-			got, _ := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: ev.GetId()})
-			if got.GetEvent().GetEtag() != u.GetEtag() {
-				t.Fatalf("a refused update changed the event: %v", got.GetEvent())
-			}
+		upd, err := ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{
+			Id: ev.GetId(), Title: "renamed", Etag: ev.GetEtag(),
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}},
 		})
-	}
+		if err != nil {
+			t.Fatalf("masked update: %v", err)
+		}
+		u := upd.GetEvent()
+		if u.GetTitle() != "renamed" || u.GetDescription() != ev.GetDescription() || u.GetRewards() != ev.GetRewards() ||
+			!u.GetStartTime().AsTime().Equal(ev.GetStartTime().AsTime()) || u.GetEtag() == ev.GetEtag() {
+			t.Fatalf("after a title-only update: %v (was %v)", u, ev)
+		}
 
-	if _, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: ev.GetId(), Etag: ev.GetEtag()}); status.Code(err) != codes.Aborted {
-		t.Fatalf("delete with a stale etag: %v; want ABORTED", err)
-	}
-	if _, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: ev.GetId(), Etag: u.GetEtag()}); err != nil {
-		t.Fatalf("delete with the current etag: %v", err)
-	}
+		tests := []struct {
+			name string
+			req  *eventspb.UpdateEventRequest
+			want codes.Code
+		}{
+			{"stale etag", &eventspb.UpdateEventRequest{Id: ev.GetId(), Title: "x", Etag: ev.GetEtag(),
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}}}, codes.Aborted},
+			{"unknown mask path", &eventspb.UpdateEventRequest{Id: ev.GetId(), Title: "x",
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title", "created_at"}}}, codes.InvalidArgument},
+			{"masked field made invalid", &eventspb.UpdateEventRequest{Id: ev.GetId(), EndTime: ev.GetStartTime(),
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"end_time"}}}, codes.InvalidArgument},
+			{"unknown id with etag", &eventspb.UpdateEventRequest{Id: newID(), Title: "x", Etag: u.GetEtag(),
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}}}, codes.NotFound},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				_, err := ts.events.UpdateEvent(admin, tt.req)
+				if status.Code(err) != tt.want {
+					t.Fatalf("UpdateEvent = %v; want %v", err, tt.want)
+				}
+				got, _ := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: ev.GetId()})
+				if got.GetEvent().GetEtag() != u.GetEtag() {
+					t.Fatalf("a refused update changed the event: %v", got.GetEvent())
+				}
+			})
+		}
 
-	// Players see the event's version as a number, not as an etag: in HTTP, ETag names a
-	// whole response, and a "v1" sent in If-None-Match would never match it.
-	now := time.Now().UTC()
-	live, _ := ts.events.CreateEvent(admin, createReq("live", now.Add(-time.Hour), now.Add(time.Hour), ""))
-	_, hdr, body := ts.get(t, "/events/"+live.GetEvent().GetId(), ts.user)
-	if !strings.Contains(string(body), `"version":1`) || strings.Contains(string(body), `"etag"`) || hdr.Get("Etag") == `"v1"` {
-		t.Fatalf("HTTP event JSON = %s (ETag %s); want version 1 and no etag field", body, hdr.Get("Etag"))
-	}
+		if _, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: ev.GetId(), Etag: ev.GetEtag()}); status.Code(err) != codes.Aborted {
+			t.Fatalf("delete with a stale etag: %v; want ABORTED", err)
+		}
+		if _, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: ev.GetId(), Etag: u.GetEtag()}); err != nil {
+			t.Fatalf("delete with the current etag: %v", err)
+		}
+
+		// Players see the event's version as a number, not as an etag: in HTTP, ETag names a
+		// whole response, and a "v1" sent in If-None-Match would never match it.
+		now := time.Now().UTC()
+		live, _ := ts.events.CreateEvent(admin, createReq("live", now.Add(-time.Hour), now.Add(time.Hour), ""))
+		_, hdr, body := ts.get(t, "/events/"+live.GetEvent().GetId(), ts.user)
+		if !strings.Contains(string(body), `"version":1`) || strings.Contains(string(body), `"etag"`) || hdr.Get("Etag") == `"v1"` {
+			t.Fatalf("HTTP event JSON = %s (ETag %s); want version 1 and no etag field", body, hdr.Get("Etag"))
+		}
+	})
 }
 
 func TestIdempotentCreateOverGRPC(t *testing.T) {
-	ts := startServer(t)
-	admin := withKey(ts.admin)
-	req := createReq("once", t0, t0.Add(time.Hour), `{"gems": 5}`)
-	req.RequestId = newID()
-	first, err := ts.events.CreateEvent(admin, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The same request, as a client retrying after a lost reply would send it; the rewards
-	// differ only in spacing, which is the same body.
-	retry := createReq("once", t0, t0.Add(time.Hour), `{"gems":5}`)
-	retry.RequestId = req.RequestId
-	second, err := ts.events.CreateEvent(admin, retry)
-	if err != nil || second.GetEvent().GetId() != first.GetEvent().GetId() {
-		t.Fatalf("retry = %v, %v; want the first event (%s)", second, err, first.GetEvent().GetId())
-	}
-	other := createReq("other", t0, t0.Add(time.Hour), "")
-	other.RequestId = req.RequestId
-	if _, err := ts.events.CreateEvent(admin, other); status.Code(err) != codes.AlreadyExists {
-		t.Fatalf("reused request_id with another body: %v; want ALREADY_EXISTS", err)
-	}
-	bad := createReq("bad", t0, t0.Add(time.Hour), "")
-	bad.RequestId = "not-a-uuid"
-	if _, err := ts.events.CreateEvent(admin, bad); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("malformed request_id: %v; want INVALID_ARGUMENT", err)
-	}
-	list, _ := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{})
-	if n := len(list.GetEvents()); n != 1 {
-		t.Fatalf("%d events stored; want 1", n)
-	}
-	if n := strings.Count(ts.logs.String(), `"msg":"admin write","action":"create"`); n != 1 {
-		t.Fatalf("%d create log lines; want 1 (a retry writes nothing)", n)
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ts := startServerWith(t, dsn)
+		admin := withKey(ts.admin)
+		req := createReq("once", t0, t0.Add(time.Hour), `{"gems": 5}`)
+		req.RequestId = newID()
+		first, err := ts.events.CreateEvent(admin, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The same request, as a client retrying after a lost reply would send it; the rewards
+		// differ only in spacing, which is the same body.
+		retry := createReq("once", t0, t0.Add(time.Hour), `{"gems":5}`)
+		retry.RequestId = req.RequestId
+		second, err := ts.events.CreateEvent(admin, retry)
+		if err != nil || second.GetEvent().GetId() != first.GetEvent().GetId() {
+			t.Fatalf("retry = %v, %v; want the first event (%s)", second, err, first.GetEvent().GetId())
+		}
+		other := createReq("other", t0, t0.Add(time.Hour), "")
+		other.RequestId = req.RequestId
+		if _, err := ts.events.CreateEvent(admin, other); status.Code(err) != codes.AlreadyExists {
+			t.Fatalf("reused request_id with another body: %v; want ALREADY_EXISTS", err)
+		}
+		bad := createReq("bad", t0, t0.Add(time.Hour), "")
+		bad.RequestId = "not-a-uuid"
+		if _, err := ts.events.CreateEvent(admin, bad); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("malformed request_id: %v; want INVALID_ARGUMENT", err)
+		}
+		list, _ := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{})
+		if n := len(list.GetEvents()); n != 1 {
+			t.Fatalf("%d events stored; want 1", n)
+		}
+		if n := strings.Count(ts.logs.String(), `"msg":"admin write","action":"create"`); n != 1 {
+			t.Fatalf("%d create log lines; want 1 (a retry writes nothing)", n)
+		}
+	})
 }
 
 func TestLockedDatabase(t *testing.T) {

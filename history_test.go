@@ -71,27 +71,29 @@ func TestARevisionPerWrite(t *testing.T) {
 }
 
 func TestRevisionIsInTheWritesTransaction(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	e := mustCreate(t, st, "kept", t0, t0.Add(time.Hour))
-	// With nowhere to record revisions, no write may happen at all.
-	if _, err := st.db.ExecContext(ctx, `DROP TABLE event_revisions`); err != nil {
-		t.Fatal(err)
-	}
-	f := Event{ID: newID(), Title: "lost", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
-	if _, _, err := st.CreateEvent(ctx, f, ""); err == nil {
-		t.Fatal("create succeeded without its revision")
-	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", func(u *Event) error { u.Title = "changed"; return nil }); err == nil {
-		t.Fatal("update succeeded without its revision")
-	}
-	if _, err := st.DeleteEvent(ctx, e.ID, ""); err == nil {
-		t.Fatal("delete succeeded without its revision")
-	}
-	events, _, _ := st.Events(ctx)
-	if len(events) != 1 || events[0].Title != "kept" {
-		t.Fatalf("events after failed writes: %+v; want only the first, unchanged", events)
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		e := mustCreate(t, st, "kept", t0, t0.Add(time.Hour))
+		// With nowhere to record revisions, no write may happen at all.
+		if _, err := st.db.ExecContext(ctx, `DROP TABLE event_revisions`); err != nil {
+			t.Fatal(err)
+		}
+		f := Event{ID: newID(), Title: "lost", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
+		if _, _, err := st.CreateEvent(ctx, f, ""); err == nil {
+			t.Fatal("create succeeded without its revision")
+		}
+		if _, _, err := st.UpdateEvent(ctx, e.ID, "", func(u *Event) error { u.Title = "changed"; return nil }); err == nil {
+			t.Fatal("update succeeded without its revision")
+		}
+		if _, err := st.DeleteEvent(ctx, e.ID, ""); err == nil {
+			t.Fatal("delete succeeded without its revision")
+		}
+		events, _, _ := st.Events(ctx)
+		if len(events) != 1 || events[0].Title != "kept" {
+			t.Fatalf("events after failed writes: %+v; want only the first, unchanged", events)
+		}
+	})
 }
 
 func TestRestoreAndUndelete(t *testing.T) {
@@ -316,20 +318,22 @@ func TestImportDryRunAndValidation(t *testing.T) {
 func timestampOf(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
 
 func TestFailedRestoreLeavesNoTrace(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	e := mustCreate(t, st, "one", t0, t0.Add(time.Hour))
-	if _, _, err := st.RestoreEvent(ctx, e.ID, 1, "v9"); !errors.Is(err, errStale) {
-		t.Fatalf("stale restore: %v", err)
-	}
-	if _, _, err := st.RestoreEvent(ctx, e.ID, 7, ""); !errors.Is(err, errNotFound) {
-		t.Fatalf("restore of a missing revision: %v", err)
-	}
-	revs, _ := st.Revisions(ctx, e.ID, 0, 10)
-	got, _ := getEvent(ctx, st.db, e.ID)
-	if len(revs) != 1 || got.Version != 1 {
-		t.Fatalf("after failed restores: %d revisions, version %d; want 1 and 1", len(revs), got.Version)
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		e := mustCreate(t, st, "one", t0, t0.Add(time.Hour))
+		if _, _, err := st.RestoreEvent(ctx, e.ID, 1, "v9"); !errors.Is(err, errStale) {
+			t.Fatalf("stale restore: %v", err)
+		}
+		if _, _, err := st.RestoreEvent(ctx, e.ID, 7, ""); !errors.Is(err, errNotFound) {
+			t.Fatalf("restore of a missing revision: %v", err)
+		}
+		revs, _ := st.Revisions(ctx, e.ID, 0, 10)
+		got, _ := getEvent(ctx, st.db, e.ID)
+		if len(revs) != 1 || got.Version != 1 {
+			t.Fatalf("after failed restores: %d revisions, version %d; want 1 and 1", len(revs), got.Version)
+		}
+	})
 }
 
 func TestImportRefusesTrailingData(t *testing.T) {
@@ -340,21 +344,23 @@ func TestImportRefusesTrailingData(t *testing.T) {
 }
 
 func TestImportIsAllOrNothing(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	ok := Event{ID: newID(), Title: "fine", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}
-	// The second event gets past validation here (called directly) but breaks the
-	// database's CHECK (end_time > start_time) half-way through the transaction.
-	broken := Event{ID: newID(), Title: "broken", Start: t0, End: t0, Rewards: "{}", State: statePublished}
-	if _, _, err := st.Import(ctx, []Event{ok, broken}, false); err == nil {
-		t.Fatal("import with a broken event succeeded")
-	}
-	if events, _, _ := st.Events(ctx); len(events) != 0 {
-		t.Fatalf("%d events after a failed import; want none", len(events))
-	}
-	if revs, _ := st.AuditLog(ctx, time.Time{}, "", nil, 10); len(revs) != 0 {
-		t.Fatalf("%d revisions after a failed import; want none", len(revs))
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		ok := Event{ID: newID(), Title: "fine", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}
+		// The second event gets past validation here (called directly) but breaks the
+		// database's CHECK (end_time > start_time) half-way through the transaction.
+		broken := Event{ID: newID(), Title: "broken", Start: t0, End: t0, Rewards: "{}", State: statePublished}
+		if _, _, err := st.Import(ctx, []Event{ok, broken}, false); err == nil {
+			t.Fatal("import with a broken event succeeded")
+		}
+		if events, _, _ := st.Events(ctx); len(events) != 0 {
+			t.Fatalf("%d events after a failed import; want none", len(events))
+		}
+		if revs, _ := st.AuditLog(ctx, time.Time{}, "", nil, 10); len(revs) != 0 {
+			t.Fatalf("%d revisions after a failed import; want none", len(revs))
+		}
+	})
 }
 
 func TestReadOnlyCommandsDoNotMigrate(t *testing.T) {

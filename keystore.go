@@ -101,10 +101,11 @@ func (st *store) RevokeKey(ctx context.Context, id string) error {
 // TouchKeys records when keys were last used, in one transaction. A time older than the
 // stored one is ignored, so out-of-order flushes never move last_used_at backwards.
 func (st *store) TouchKeys(ctx context.Context, used map[string]time.Time) error {
-	return st.inTx(ctx, "touch keys", func(tx *sql.Tx) error {
+	return st.inTx(ctx, "touch keys", func(tx *dbTx) error {
 		for id, t := range used {
 			if _, err := tx.ExecContext(ctx,
-				`UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?`, t.UnixNano(), id); err != nil {
+				`UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`,
+				t.UnixNano(), id, t.UnixNano()); err != nil {
 				return err
 			}
 		}

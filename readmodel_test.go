@@ -30,10 +30,16 @@ func newClock(t time.Time) *clock {
 func (c *clock) now() time.Time  { return time.Unix(0, c.ns.Load()).UTC() }
 func (c *clock) set(t time.Time) { c.ns.Store(t.UnixNano()) }
 
-// newTestReadModel returns a read model over a fresh store, reading time from c.
+// newTestReadModel returns a read model over a fresh SQLite store, reading time from c.
 func newTestReadModel(t *testing.T, c *clock) (*store, *readModel) {
 	t.Helper()
-	st := newTestStore(t)
+	return newTestReadModelAt(t, c, testDSN(t, "sqlite"))
+}
+
+// newTestReadModelAt returns a read model over a fresh store at dsn, reading time from c.
+func newTestReadModelAt(t *testing.T, c *clock, dsn string) (*store, *readModel) {
+	t.Helper()
+	st := newTestStoreAt(t, dsn)
 	rm, err := newReadModel(context.Background(), st, c.now, newLogger("text", io.Discard))
 	if err != nil {
 		t.Fatal(err)
@@ -194,144 +200,150 @@ func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 }
 
 func TestWritesFromElsewhereAreReloaded(t *testing.T) {
-	c := newClock(t0)
-	st, rm := newTestReadModel(t, c)
-	write(t, st, rm, "ours", t0.Add(-time.Minute), t0.Add(time.Hour))
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		c := newClock(t0)
+		st, rm := newTestReadModelAt(t, c, dsn)
+		write(t, st, rm, "ours", t0.Add(-time.Minute), t0.Add(time.Hour))
 
-	// Another process writes: the read model hears nothing until refresh.
-	e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
-	_, theirGen, err := st.CreateEvent(context.Background(), e, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Then we write again: our generation is not the next one, so the model reloads and
-	// picks up both.
-	write(t, st, rm, "ours again", t0.Add(-time.Minute), t0.Add(time.Hour))
-	if rm.snapshot().gen != theirGen+1 || rm.snapshot().byID.len() != 3 {
-		t.Fatalf("snapshot at generation %d with %d events; want %d with 3", rm.snapshot().gen, rm.snapshot().byID.len(), theirGen+1)
-	}
+		// Another process writes: the read model hears nothing until refresh.
+		e := Event{ID: newID(), Title: "theirs", Start: t0.Add(-time.Minute), End: t0.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: t0, UpdatedAt: t0}
+		_, theirGen, err := st.CreateEvent(context.Background(), e, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Then we write again: our generation is not the next one, so the model reloads and
+		// picks up both.
+		write(t, st, rm, "ours again", t0.Add(-time.Minute), t0.Add(time.Hour))
+		if rm.snapshot().gen != theirGen+1 || rm.snapshot().byID.len() != 3 {
+			t.Fatalf("snapshot at generation %d with %d events; want %d with 3", rm.snapshot().gen, rm.snapshot().byID.len(), theirGen+1)
+		}
 
-	// A write elsewhere with no write of ours after it is found by refresh.
-	e.ID = newID()
-	if _, _, err := st.CreateEvent(context.Background(), e, ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := rm.refresh(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if n := rm.snapshot().byID.len(); n != 4 {
-		t.Fatalf("after refresh: %d events; want 4", n)
-	}
+		// A write elsewhere with no write of ours after it is found by refresh.
+		e.ID = newID()
+		if _, _, err := st.CreateEvent(context.Background(), e, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := rm.refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := rm.snapshot().byID.len(); n != 4 {
+			t.Fatalf("after refresh: %d events; want 4", n)
+		}
+	})
 }
 
 func TestCatchUpReadsOnlyWhatChanged(t *testing.T) {
-	ctx := context.Background()
-	c := newClock(t0)
-	st, rm := newTestReadModel(t, c)
-	kept := write(t, st, rm, "kept", t0.Add(-time.Minute), t0.Add(time.Hour))
-	changed := write(t, st, rm, "changed", t0.Add(-time.Minute), t0.Add(time.Hour))
-	gone := write(t, st, rm, "gone", t0.Add(-time.Minute), t0.Add(time.Hour))
-	before, _ := rm.snapshot().get(kept.ID)
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		c := newClock(t0)
+		st, rm := newTestReadModelAt(t, c, dsn)
+		kept := write(t, st, rm, "kept", t0.Add(-time.Minute), t0.Add(time.Hour))
+		changed := write(t, st, rm, "changed", t0.Add(-time.Minute), t0.Add(time.Hour))
+		gone := write(t, st, rm, "gone", t0.Add(-time.Minute), t0.Add(time.Hour))
+		before, _ := rm.snapshot().get(kept.ID)
 
-	// Another process updates one event twice, deletes one and creates one.
-	for _, title := range []string{"changed once", "changed twice"} {
-		if _, _, err := st.UpdateEvent(ctx, changed.ID, "", func(e *Event) error { e.Title = title; return nil }); err != nil {
+		// Another process updates one event twice, deletes one and creates one.
+		for _, title := range []string{"changed once", "changed twice"} {
+			if _, _, err := st.UpdateEvent(ctx, changed.ID, "", func(e *Event) error { e.Title = title; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.DeleteEvent(ctx, gone.ID, ""); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if _, err := st.DeleteEvent(ctx, gone.ID, ""); err != nil {
-		t.Fatal(err)
-	}
-	added := Event{ID: newID(), Title: "added", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}
-	if _, _, err := st.CreateEvent(ctx, added, ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := rm.refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	snap := rm.snapshot()
-	var titles []string
-	for e := range snap.ordered.all() {
-		titles = append(titles, e.Title)
-	}
-	slices.Sort(titles)
-	if got := strings.Join(titles, ","); got != "added,changed twice,kept" {
-		t.Fatalf("after catching up: %s; want added, changed twice and kept", got)
-	}
-	// The event nobody touched is the very entry it was: nothing was reloaded.
-	if after, _ := snap.get(kept.ID); after != before {
-		t.Fatal("an untouched event was rebuilt: the catch-up reloaded everything")
-	}
-	events, gen, _ := st.Events(ctx)
-	if want := newSnapshot(gen, events, c.now(), nil); snap.gen != want.gen || snap.open.len() != want.open.len() {
-		t.Fatalf("caught up to generation %d with %d open; want %d with %d", snap.gen, snap.open.len(), want.gen, want.open.len())
-	}
+		added := Event{ID: newID(), Title: "added", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}
+		if _, _, err := st.CreateEvent(ctx, added, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := rm.refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		snap := rm.snapshot()
+		var titles []string
+		for e := range snap.ordered.all() {
+			titles = append(titles, e.Title)
+		}
+		slices.Sort(titles)
+		if got := strings.Join(titles, ","); got != "added,changed twice,kept" {
+			t.Fatalf("after catching up: %s; want added, changed twice and kept", got)
+		}
+		// The event nobody touched is the very entry it was: nothing was reloaded.
+		if after, _ := snap.get(kept.ID); after != before {
+			t.Fatal("an untouched event was rebuilt: the catch-up reloaded everything")
+		}
+		events, gen, _ := st.Events(ctx)
+		if want := newSnapshot(gen, events, c.now(), nil); snap.gen != want.gen || snap.open.len() != want.open.len() {
+			t.Fatalf("caught up to generation %d with %d open; want %d with %d", snap.gen, snap.open.len(), want.gen, want.open.len())
+		}
 
-	// A write the log cannot account for (a revision without its generation, as before
-	// revisions carried one) makes the read model reload everything instead.
-	if _, _, err := st.CreateEvent(ctx, Event{ID: newID(), Title: "unlogged", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}, ""); err != nil {
-		t.Fatal(err)
-	}
-	st.db.ExecContext(ctx, `UPDATE event_revisions SET generation = NULL WHERE generation = (SELECT max(generation) FROM event_revisions)`)
-	if err := rm.refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if n := rm.snapshot().byID.len(); n != 4 {
-		t.Fatalf("after a gap: %d events; want 4 (reloaded)", n)
-	}
-	if after, _ := rm.snapshot().get(kept.ID); after == before {
-		t.Fatal("after a gap the snapshot was not reloaded")
-	}
+		// A write the log cannot account for (a revision without its generation, as before
+		// revisions carried one) makes the read model reload everything instead.
+		if _, _, err := st.CreateEvent(ctx, Event{ID: newID(), Title: "unlogged", Start: t0, End: t0.Add(time.Hour), Rewards: "{}", State: statePublished}, ""); err != nil {
+			t.Fatal(err)
+		}
+		st.db.ExecContext(ctx, `UPDATE event_revisions SET generation = NULL WHERE generation = (SELECT max(generation) FROM event_revisions)`)
+		if err := rm.refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := rm.snapshot().byID.len(); n != 4 {
+			t.Fatalf("after a gap: %d events; want 4 (reloaded)", n)
+		}
+		if after, _ := rm.snapshot().get(kept.ID); after == before {
+			t.Fatal("after a gap the snapshot was not reloaded")
+		}
+	})
 }
 
 func TestSnapshotWithKeepsOrder(t *testing.T) {
-	// Apply many random writes incrementally and compare with a snapshot built from scratch.
-	c := newClock(t0)
-	st, rm := newTestReadModel(t, c)
-	var ids []string
-	for i := range 60 {
-		start := t0.Add(time.Duration(i%7-3) * time.Hour)
-		ids = append(ids, write(t, st, rm, "e", start, start.Add(time.Duration(1+i%4)*time.Hour)).ID)
-	}
-	ctx := context.Background()
-	for i, id := range ids {
-		switch i % 3 {
-		case 0:
-			gen, err := st.DeleteEvent(ctx, id, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			rm.applied(ctx, gen, nil, id)
-		case 1:
-			upd, gen, err := st.UpdateEvent(ctx, id, "", func(u *Event) error {
-				u.Start = u.Start.Add(-90 * time.Minute)
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			rm.applied(ctx, gen, &upd, "")
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		// Apply many random writes incrementally and compare with a snapshot built from scratch.
+		c := newClock(t0)
+		st, rm := newTestReadModelAt(t, c, dsn)
+		var ids []string
+		for i := range 60 {
+			start := t0.Add(time.Duration(i%7-3) * time.Hour)
+			ids = append(ids, write(t, st, rm, "e", start, start.Add(time.Duration(1+i%4)*time.Hour)).ID)
 		}
-	}
-	events, gen, _ := st.Events(ctx)
-	want := newSnapshot(gen, events, c.now(), nil)
-	got := rm.snapshot()
-	same := func(x, y seq) bool {
-		a, b := slices.Collect(x.all()), slices.Collect(y.all())
-		if len(a) != len(b) {
-			return false
+		ctx := context.Background()
+		for i, id := range ids {
+			switch i % 3 {
+			case 0:
+				gen, err := st.DeleteEvent(ctx, id, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				rm.applied(ctx, gen, nil, id)
+			case 1:
+				upd, gen, err := st.UpdateEvent(ctx, id, "", func(u *Event) error {
+					u.Start = u.Start.Add(-90 * time.Minute)
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				rm.applied(ctx, gen, &upd, "")
+			}
 		}
-		for i := range a {
-			if !reflect.DeepEqual(a[i].Event, b[i].Event) {
+		events, gen, _ := st.Events(ctx)
+		want := newSnapshot(gen, events, c.now(), nil)
+		got := rm.snapshot()
+		same := func(x, y seq) bool {
+			a, b := slices.Collect(x.all()), slices.Collect(y.all())
+			if len(a) != len(b) {
 				return false
 			}
+			for i := range a {
+				if !reflect.DeepEqual(a[i].Event, b[i].Event) {
+					return false
+				}
+			}
+			return true
 		}
-		return true
-	}
-	if got.gen != want.gen || !same(got.ordered, want.ordered) || !same(got.byID, want.byID) || !same(got.open, want.open) {
-		t.Fatalf("incremental snapshot differs from a fresh one: gen %d/%d, %d/%d events, %d/%d open",
-			got.gen, want.gen, got.ordered.len(), want.ordered.len(), got.open.len(), want.open.len())
-	}
+		if got.gen != want.gen || !same(got.ordered, want.ordered) || !same(got.byID, want.byID) || !same(got.open, want.open) {
+			t.Fatalf("incremental snapshot differs from a fresh one: gen %d/%d, %d/%d events, %d/%d open",
+				got.gen, want.gen, got.ordered.len(), want.ordered.len(), got.open.len(), want.open.len())
+		}
+	})
 }
 
 func TestConditionalRequestsAndCaching(t *testing.T) {
@@ -435,23 +447,25 @@ func TestListEventsComesFromTheSnapshot(t *testing.T) {
 }
 
 func TestServerSeesAnotherProcessWrite(t *testing.T) {
-	ts := startServer(t, "-reload-interval", "50ms")
-	if _, _, body := ts.get(t, "/events", ts.user); !strings.Contains(string(body), `"events":[]`) {
-		t.Fatalf("before: %s", body)
-	}
-	// A second connection pool on the same file writes, as another process would.
-	other, err := openStore(context.Background(), ts.db, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	now := time.Now().UTC()
-	e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: now, UpdatedAt: now}
-	if _, _, err := other.CreateEvent(context.Background(), e, ""); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool {
-		_, _, body := ts.get(t, "/events", ts.user)
-		return strings.Contains(string(body), "from elsewhere")
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ts := startServerWith(t, dsn, "-reload-interval", "50ms")
+		if _, _, body := ts.get(t, "/events", ts.user); !strings.Contains(string(body), `"events":[]`) {
+			t.Fatalf("before: %s", body)
+		}
+		// A second connection pool on the same file writes, as another process would.
+		other, err := openStore(context.Background(), ts.db, time.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		now := time.Now().UTC()
+		e := Event{ID: newID(), Title: "from elsewhere", Start: now.Add(-time.Hour), End: now.Add(time.Hour), Rewards: "{}", State: statePublished, CreatedAt: now, UpdatedAt: now}
+		if _, _, err := other.CreateEvent(context.Background(), e, ""); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool {
+			_, _, body := ts.get(t, "/events", ts.user)
+			return strings.Contains(string(body), "from elsewhere")
+		})
 	})
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 )
 
@@ -72,12 +71,19 @@ var migrations = []string{
 	// writes since the generation it holds without reading every event.
 	`ALTER TABLE event_revisions ADD COLUMN generation INTEGER;
 	CREATE INDEX event_revisions_by_generation ON event_revisions (generation);`,
+	// 7: each revision's event version in a column of its own, so that finding an event's
+	// highest version needs no JSON function (which each engine spells differently).
+	`ALTER TABLE event_revisions ADD COLUMN version INTEGER;
+	UPDATE event_revisions SET version = json_extract(event, '$.version');`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
 // starting at once cannot both apply the same migration.
 func (st *store) migrate(ctx context.Context) error {
-	return st.inTx(ctx, "migrate", func(tx *sql.Tx) error {
+	if st.pg {
+		return st.migratePostgres(ctx, true)
+	}
+	return st.inTx(ctx, "migrate", func(tx *dbTx) error {
 		var version int
 		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
 			return fmt.Errorf("read schema version: %w", err)

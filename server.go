@@ -180,16 +180,31 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 		}
 	}()
 
-	// PRAGMA data_version is per connection, so every poll must use this same one.
-	conn, err := st.db.Conn(ctx)
-	if err != nil {
-		log.Error("watch database: no connection", "err", err)
-		return
-	}
-	defer conn.Close()
-	last, err := dataVersion(ctx, conn)
-	if err != nil {
-		log.Error("watch database", "err", err)
+	// changed reports whether the database may hold changes this process has not seen.
+	// SQLite says so for free: PRAGMA data_version moves whenever another connection
+	// commits (it is per connection, so every poll must use this same one). PostgreSQL has
+	// no such counter: there every poll reloads the keys, a handful of rows, and the read
+	// model compares the events generation itself.
+	changed := func() (bool, error) { return true, nil }
+	if !st.pg {
+		conn, err := st.db.Conn(ctx)
+		if err != nil {
+			log.Error("watch database: no connection", "err", err)
+			return
+		}
+		defer conn.Close()
+		last, err := dataVersion(ctx, conn)
+		if err != nil {
+			log.Error("watch database", "err", err)
+		}
+		changed = func() (bool, error) {
+			v, err := dataVersion(ctx, conn)
+			if err != nil || v == last {
+				return false, err
+			}
+			last = v
+			return true, nil
+		}
 	}
 	// The keys and events were loaded before this first reading; a change committed in
 	// between (a revoke during start-up, say) would otherwise wait for an unrelated one.
@@ -204,6 +219,7 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 	defer pollTick.Stop()
 	flushTick := time.NewTicker(flushEvery)
 	defer flushTick.Stop()
+	retry := false // a reload failed: try again at the next poll, change or not
 	for {
 		select {
 		case <-ctx.Done():
@@ -213,24 +229,22 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 				log.Error("flush key usage", "err", err)
 			}
 		case <-pollTick.C:
-			v, err := dataVersion(ctx, conn)
+			ok, err := changed()
 			if err != nil {
 				log.Error("watch database", "err", err)
 				continue
 			}
-			if v == last {
+			if !ok && !retry {
 				continue
 			}
-			// Only a reload that worked moves last on; a failed one is tried again next poll.
-			kerr, eerr := kr.reload(ctx), rm.refresh(ctx)
-			if kerr != nil {
-				log.Error("reload keys", "err", kerr)
+			retry = false
+			if err := kr.reload(ctx); err != nil {
+				log.Error("reload keys", "err", err)
+				retry = true
 			}
-			if eerr != nil {
-				log.Error("reload events", "err", eerr)
-			}
-			if kerr == nil && eerr == nil {
-				last = v
+			if err := rm.refresh(ctx); err != nil {
+				log.Error("reload events", "err", err)
+				retry = true
 			}
 		}
 	}

@@ -82,7 +82,12 @@ type testServer struct {
 
 func startServer(t testing.TB, extraArgs ...string) *testServer {
 	t.Helper()
-	db := filepath.Join(t.TempDir(), "liveops.db")
+	return startServerWith(t, filepath.Join(t.TempDir(), "liveops.db"), extraArgs...)
+}
+
+// startServerWith is startServer on the database db names (see testDSN).
+func startServerWith(t testing.TB, db string, extraArgs ...string) *testServer {
+	t.Helper()
 	st, err := openStore(context.Background(), db, time.Now)
 	if err != nil {
 		t.Fatal(err)
@@ -190,104 +195,106 @@ func createReq(title string, start, end time.Time, rewards string) *eventspb.Cre
 }
 
 func TestEndToEndStory(t *testing.T) {
-	ts := startServer(t)
-	admin := withKey(ts.admin)
-	now := time.Now().UTC()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ts := startServerWith(t, dsn)
+		admin := withKey(ts.admin)
+		now := time.Now().UTC()
 
-	created, err := ts.events.CreateEvent(admin, createReq("Halloween", now.Add(-time.Hour), now.Add(time.Hour), `{"pumpkins": 3}`))
-	if err != nil {
-		t.Fatalf("CreateEvent: %v", err)
-	}
-	ev := created.GetEvent()
-	if !validID(ev.GetId()) || ev.GetCreatedAt() == nil || !ev.GetCreatedAt().AsTime().Equal(ev.GetUpdatedAt().AsTime()) {
-		t.Fatalf("created event = %v", ev)
-	}
-	if _, err := ts.events.CreateEvent(admin, createReq("Christmas", now.Add(24*time.Hour), now.Add(48*time.Hour), "")); err != nil {
-		t.Fatal(err)
-	}
-
-	// Players see the active event, with rewards as a JSON object.
-	code, hdr, body := ts.get(t, "/events", ts.user)
-	if code != 200 || hdr.Get("Content-Type") != "application/json" {
-		t.Fatalf("GET /events = %d %s %s", code, hdr.Get("Content-Type"), body)
-	}
-	var list eventsBody
-	if err := json.Unmarshal(body, &list); err != nil {
-		t.Fatal(err)
-	}
-	if len(list.Events) != 1 || list.Events[0]["id"] != ev.GetId() || list.Events[0]["title"] != "Halloween" {
-		t.Fatalf("GET /events = %s; want only Halloween", body)
-	}
-	if r, ok := list.Events[0]["rewards"].(map[string]any); !ok || r["pumpkins"] != 3.0 {
-		t.Fatalf("rewards = %#v; want the JSON object itself", list.Events[0]["rewards"])
-	}
-	for _, f := range []string{"id", "title", "description", "start_time", "end_time", "rewards", "created_at", "updated_at"} {
-		if _, ok := list.Events[0][f]; !ok {
-			t.Errorf("event JSON lacks %q: %s", f, body)
+		created, err := ts.events.CreateEvent(admin, createReq("Halloween", now.Add(-time.Hour), now.Add(time.Hour), `{"pumpkins": 3}`))
+		if err != nil {
+			t.Fatalf("CreateEvent: %v", err)
 		}
-	}
-	if s, _ := list.Events[0]["start_time"].(string); !strings.HasSuffix(s, "Z") {
-		t.Errorf("start_time = %q; want RFC 3339 UTC", s)
-	}
+		ev := created.GetEvent()
+		if !validID(ev.GetId()) || ev.GetCreatedAt() == nil || !ev.GetCreatedAt().AsTime().Equal(ev.GetUpdatedAt().AsTime()) {
+			t.Fatalf("created event = %v", ev)
+		}
+		if _, err := ts.events.CreateEvent(admin, createReq("Christmas", now.Add(24*time.Hour), now.Add(48*time.Hour), "")); err != nil {
+			t.Fatal(err)
+		}
 
-	code, _, body = ts.get(t, "/events/"+ev.GetId(), ts.user)
-	if code != 200 || !strings.Contains(string(body), `"Halloween"`) {
-		t.Fatalf("GET /events/{id} = %d %s", code, body)
-	}
+		// Players see the active event, with rewards as a JSON object.
+		code, hdr, body := ts.get(t, "/events", ts.user)
+		if code != 200 || hdr.Get("Content-Type") != "application/json" {
+			t.Fatalf("GET /events = %d %s %s", code, hdr.Get("Content-Type"), body)
+		}
+		var list eventsBody
+		if err := json.Unmarshal(body, &list); err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Events) != 1 || list.Events[0]["id"] != ev.GetId() || list.Events[0]["title"] != "Halloween" {
+			t.Fatalf("GET /events = %s; want only Halloween", body)
+		}
+		if r, ok := list.Events[0]["rewards"].(map[string]any); !ok || r["pumpkins"] != 3.0 {
+			t.Fatalf("rewards = %#v; want the JSON object itself", list.Events[0]["rewards"])
+		}
+		for _, f := range []string{"id", "title", "description", "start_time", "end_time", "rewards", "created_at", "updated_at"} {
+			if _, ok := list.Events[0][f]; !ok {
+				t.Errorf("event JSON lacks %q: %s", f, body)
+			}
+		}
+		if s, _ := list.Events[0]["start_time"].(string); !strings.HasSuffix(s, "Z") {
+			t.Errorf("start_time = %q; want RFC 3339 UTC", s)
+		}
 
-	// An update replaces fields, keeps created_at, bumps updated_at.
-	upd, err := ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{
-		Id: ev.GetId(), Title: "Halloween Night", StartTime: ev.GetStartTime(), EndTime: ev.GetEndTime(), Rewards: "[]",
+		code, _, body = ts.get(t, "/events/"+ev.GetId(), ts.user)
+		if code != 200 || !strings.Contains(string(body), `"Halloween"`) {
+			t.Fatalf("GET /events/{id} = %d %s", code, body)
+		}
+
+		// An update replaces fields, keeps created_at, bumps updated_at.
+		upd, err := ts.events.UpdateEvent(admin, &eventspb.UpdateEventRequest{
+			Id: ev.GetId(), Title: "Halloween Night", StartTime: ev.GetStartTime(), EndTime: ev.GetEndTime(), Rewards: "[]",
+		})
+		if err != nil {
+			t.Fatalf("UpdateEvent: %v", err)
+		}
+		if u := upd.GetEvent(); u.GetTitle() != "Halloween Night" || u.GetDescription() != "" ||
+			!u.GetCreatedAt().AsTime().Equal(ev.GetCreatedAt().AsTime()) || !u.GetUpdatedAt().AsTime().After(ev.GetUpdatedAt().AsTime()) {
+			t.Fatalf("updated event = %v", u)
+		}
+		_, _, body = ts.get(t, "/events/"+ev.GetId(), ts.user)
+		if !strings.Contains(string(body), `"Halloween Night"`) || !strings.Contains(string(body), `"rewards":[]`) {
+			t.Fatalf("GET after update = %s", body)
+		}
+		got, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: ev.GetId()})
+		if err != nil || got.GetEvent().GetTitle() != "Halloween Night" {
+			t.Fatalf("GetEvent = %v, %v", got, err)
+		}
+		all, err := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{})
+		if err != nil || len(all.GetEvents()) != 2 || all.GetEvents()[0].GetTitle() != "Halloween Night" {
+			t.Fatalf("ListEvents = %v, %v; want both events, the earlier first", all, err)
+		}
+
+		del, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: ev.GetId()})
+		if err != nil || !del.GetSuccess() {
+			t.Fatalf("DeleteEvent = %v, %v", del, err)
+		}
+		if code, _, body := ts.get(t, "/events/"+ev.GetId(), ts.user); code != 404 {
+			t.Fatalf("GET deleted event = %d %s; want 404", code, body)
+		}
+		if _, _, body := ts.get(t, "/events", ts.user); !strings.HasSuffix(strings.TrimSpace(string(body)), `"events":[]}`) {
+			t.Fatalf("GET /events with nothing active = %s; want an empty array", body)
+		}
+
+		// The admin writes are logged with the key id and never the key. Access-log lines are
+		// written in batches; stopping the server writes the last one.
+		if err := ts.stop(); err != nil {
+			t.Fatal(err)
+		}
+		logs := ts.logs.String()
+		for _, action := range []string{"create", "update", "delete"} {
+			if !strings.Contains(logs, `"msg":"admin write","action":"`+action+`","event_id":"`) {
+				t.Errorf("no admin write log line for %s", action)
+			}
+		}
+		if strings.Contains(logs, ts.admin) || strings.Contains(logs, ts.user) {
+			t.Errorf("a key appears in the log")
+		}
+		if !strings.Contains(logs, `"proto":"grpc","path":"/liveops.v1.EventService/CreateEvent","code":"OK"`) ||
+			!strings.Contains(logs, `"method":"GET","path":"/events","status":200`) {
+			t.Errorf("request log lines missing:\n%s", logs)
+		}
 	})
-	if err != nil {
-		t.Fatalf("UpdateEvent: %v", err)
-	}
-	if u := upd.GetEvent(); u.GetTitle() != "Halloween Night" || u.GetDescription() != "" ||
-		!u.GetCreatedAt().AsTime().Equal(ev.GetCreatedAt().AsTime()) || !u.GetUpdatedAt().AsTime().After(ev.GetUpdatedAt().AsTime()) {
-		t.Fatalf("updated event = %v", u)
-	}
-	_, _, body = ts.get(t, "/events/"+ev.GetId(), ts.user)
-	if !strings.Contains(string(body), `"Halloween Night"`) || !strings.Contains(string(body), `"rewards":[]`) {
-		t.Fatalf("GET after update = %s", body)
-	}
-	got, err := ts.events.GetEvent(admin, &eventspb.GetEventRequest{Id: ev.GetId()})
-	if err != nil || got.GetEvent().GetTitle() != "Halloween Night" {
-		t.Fatalf("GetEvent = %v, %v", got, err)
-	}
-	all, err := ts.events.ListEvents(admin, &eventspb.ListEventsRequest{})
-	if err != nil || len(all.GetEvents()) != 2 || all.GetEvents()[0].GetTitle() != "Halloween Night" {
-		t.Fatalf("ListEvents = %v, %v; want both events, the earlier first", all, err)
-	}
-
-	del, err := ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: ev.GetId()})
-	if err != nil || !del.GetSuccess() {
-		t.Fatalf("DeleteEvent = %v, %v", del, err)
-	}
-	if code, _, body := ts.get(t, "/events/"+ev.GetId(), ts.user); code != 404 {
-		t.Fatalf("GET deleted event = %d %s; want 404", code, body)
-	}
-	if _, _, body := ts.get(t, "/events", ts.user); !strings.HasSuffix(strings.TrimSpace(string(body)), `"events":[]}`) {
-		t.Fatalf("GET /events with nothing active = %s; want an empty array", body)
-	}
-
-	// The admin writes are logged with the key id and never the key. Access-log lines are
-	// written in batches; stopping the server writes the last one.
-	if err := ts.stop(); err != nil {
-		t.Fatal(err)
-	}
-	logs := ts.logs.String()
-	for _, action := range []string{"create", "update", "delete"} {
-		if !strings.Contains(logs, `"msg":"admin write","action":"`+action+`","event_id":"`) {
-			t.Errorf("no admin write log line for %s", action)
-		}
-	}
-	if strings.Contains(logs, ts.admin) || strings.Contains(logs, ts.user) {
-		t.Errorf("a key appears in the log")
-	}
-	if !strings.Contains(logs, `"proto":"grpc","path":"/liveops.v1.EventService/CreateEvent","code":"OK"`) ||
-		!strings.Contains(logs, `"method":"GET","path":"/events","status":200`) {
-		t.Errorf("request log lines missing:\n%s", logs)
-	}
 }
 
 func TestRoleMatrix(t *testing.T) {
@@ -476,31 +483,33 @@ func TestChangesDuringStartupAreNoticed(t *testing.T) {
 }
 
 func TestRevokeFromAnotherProcessTakesEffect(t *testing.T) {
-	// The default reload interval (1s) is what the 5-second promise rests on.
-	ts := startServer(t)
-	if code, _, _ := ts.get(t, "/events", ts.user); code != 200 {
-		t.Fatalf("before revoke: %d", code)
-	}
-	// A second *sql.DB on the same file stands in for `liveops keys revoke` in another process.
-	var out, errOut bytes.Buffer
-	st, _ := openStore(context.Background(), ts.db, time.Now)
-	keys, _ := st.Keys(context.Background())
-	st.Close()
-	var userID string
-	for _, k := range keys {
-		if k.Role == roleHTTPUser {
-			userID = k.ID
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		// The default reload interval (1s) is what the 5-second promise rests on.
+		ts := startServerWith(t, dsn)
+		if code, _, _ := ts.get(t, "/events", ts.user); code != 200 {
+			t.Fatalf("before revoke: %d", code)
 		}
-	}
-	if err := run(context.Background(), []string{"liveops", "keys", "revoke", "-db", ts.db, userID}, func(string) string { return "" }, &out, &errOut); err != nil {
-		t.Fatalf("keys revoke: %v (%s)", err, errOut.String())
-	}
-	// waitFor gives up after 5 s: the promise is a revoke enforced within a reload or two.
-	waitFor(t, func() bool { c, _, _ := ts.get(t, "/events", ts.user); return c == 401 })
-	_, _, body := ts.get(t, "/events", ts.user)
-	if !strings.Contains(string(body), "revoked") {
-		t.Errorf("401 body = %s; want it to say the key is revoked", body)
-	}
+		// A second *sql.DB on the same file stands in for `liveops keys revoke` in another process.
+		var out, errOut bytes.Buffer
+		st, _ := openStore(context.Background(), ts.db, time.Now)
+		keys, _ := st.Keys(context.Background())
+		st.Close()
+		var userID string
+		for _, k := range keys {
+			if k.Role == roleHTTPUser {
+				userID = k.ID
+			}
+		}
+		if err := run(context.Background(), []string{"liveops", "keys", "revoke", "-db", ts.db, userID}, func(string) string { return "" }, &out, &errOut); err != nil {
+			t.Fatalf("keys revoke: %v (%s)", err, errOut.String())
+		}
+		// waitFor gives up after 5 s: the promise is a revoke enforced within a reload or two.
+		waitFor(t, func() bool { c, _, _ := ts.get(t, "/events", ts.user); return c == 401 })
+		_, _, body := ts.get(t, "/events", ts.user)
+		if !strings.Contains(string(body), "revoked") {
+			t.Errorf("401 body = %s; want it to say the key is revoked", body)
+		}
+	})
 }
 
 func TestGRPCErrors(t *testing.T) {

@@ -15,9 +15,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"modernc.org/sqlite" // registers the "sqlite" database/sql driver
-	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // store keeps events, their revisions and API keys in one SQLite file. Every SQL statement
@@ -27,11 +24,13 @@ import (
 // comparisons and a protobuf Timestamp survives a round trip unchanged. Writes take their
 // time from now and their actor from the context (see actorFrom).
 type store struct {
-	db  *sql.DB
+	db  *db
 	now func() time.Time
+	// pg is set for PostgreSQL, and SQLite otherwise.
+	pg bool
 	// probe opens a new connection for every use (it keeps none idle), so that
 	// CheckWritable sees the database as a new connection would.
-	probe *sql.DB
+	probe *db
 	// readOnly is set while CheckWritable finds that a new connection cannot write. Writes
 	// then fail at once, as they would on any connection opened since, rather than
 	// succeeding now and then on one opened before the fault.
@@ -51,8 +50,12 @@ var (
 	errBusy = errors.New("the database is busy; retry shortly")
 	// errFull: the disk (or the database's page limit) is full.
 	errFull = errors.New("storage is full; the write was not saved")
+	// errRequestRaced: another create with the same request_id committed during this one.
+	errRequestRaced = errors.New("a create with this request_id committed meanwhile")
 	// errReadOnly: the database file or its directory cannot be written.
 	errReadOnly = errors.New("the database cannot be written (read-only file or directory, or an I/O error); the write was not saved")
+	// errUnavailable: the database server cannot be reached.
+	errUnavailable = errors.New("the database cannot be reached; retry shortly")
 )
 
 // notFoundError says what was not found, in words a caller can act on.
@@ -61,9 +64,10 @@ type notFoundError struct{ msg string }
 func (e *notFoundError) Error() string        { return e.msg }
 func (e *notFoundError) Is(target error) bool { return target == errNotFound }
 
-// openStore opens (creating if needed) the SQLite database at path and migrates it to the
-// current schema. Extra pragmas, such as "busy_timeout(200)", run on every connection
-// after the defaults and so override them.
+// openStore opens the database path names, a SQLite file (created if needed) or a
+// postgres:// URL, and migrates it to the current schema. Extra pragmas, such as
+// "busy_timeout(200)", run on every SQLite connection after the defaults and so override
+// them.
 func openStore(ctx context.Context, path string, now func() time.Time, pragmas ...string) (*store, error) {
 	return openStoreAs(ctx, path, now, true, pragmas...)
 }
@@ -73,7 +77,7 @@ func openStore(ctx context.Context, path string, now func() time.Time, pragmas .
 // commands that use it never migrate, so running a newer binary's `export` against
 // production cannot stop the server from starting.
 func openExistingStore(ctx context.Context, path string) (*store, error) {
-	if _, err := os.Stat(path); err != nil {
+	if _, err := os.Stat(path); err != nil && !isPostgres(path) {
 		return nil, fmt.Errorf("database %s does not exist (check -db or LIVEOPS_DB)", path)
 	}
 	return openStoreAs(ctx, path, time.Now, false)
@@ -82,6 +86,9 @@ func openExistingStore(ctx context.Context, path string) (*store, error) {
 // openStoreAs opens the database, migrating it when migrate is set and otherwise refusing
 // a schema other than this binary's.
 func openStoreAs(ctx context.Context, path string, now func() time.Time, migrate bool, pragmas ...string) (*store, error) {
+	if isPostgres(path) {
+		return openPostgres(ctx, path, now, migrate)
+	}
 	if err := checkDatabaseDir(path); err != nil {
 		return nil, err
 	}
@@ -104,22 +111,15 @@ func openStoreAs(ctx context.Context, path string, now func() time.Time, migrate
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
 
-	db, err := sql.Open("sqlite", dsn)
+	st, err := newStore("sqlite", dsn, now)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	probe, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
-	}
-	probe.SetMaxIdleConns(0)
-	st := &store{db: db, now: now, probe: probe}
 	if migrate {
 		err = st.migrate(ctx)
 	} else {
 		var version int
-		if err = db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err == nil && version != len(migrations) {
+		if err = st.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err == nil && version != len(migrations) {
 			err = fmt.Errorf("schema version %d, but this binary uses %d: start the matching server once to migrate it", version, len(migrations))
 		}
 	}
@@ -128,6 +128,39 @@ func openStoreAs(ctx context.Context, path string, now func() time.Time, migrate
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	return st, nil
+}
+
+// openPostgres opens a PostgreSQL database and migrates it (or, without migrate, checks
+// its schema is this binary's). The URL is never repeated in an error: it may hold a
+// password.
+func openPostgres(ctx context.Context, url string, now func() time.Time, migrate bool) (*store, error) {
+	st, err := newStore("pgx", url, now)
+	if err == nil {
+		err = st.migratePostgres(ctx, migrate)
+		if err != nil {
+			st.Close()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open PostgreSQL database: %w", err)
+	}
+	return st, nil
+}
+
+// newStore opens the connection pools of a store; it connects to nothing yet.
+func newStore(driver, dsn string, now func() time.Time) (*store, error) {
+	pg := driver == "pgx"
+	main, err := sql.Open(driver, dsn)
+	if err != nil {
+		return nil, err
+	}
+	probe, err := sql.Open(driver, dsn)
+	if err != nil {
+		main.Close()
+		return nil, err
+	}
+	probe.SetMaxIdleConns(0)
+	return &store{db: &db{DB: main, pg: pg}, now: now, pg: pg, probe: &db{DB: probe, pg: pg}}, nil
 }
 
 // checkDatabaseDir makes sure the directory that will hold the database exists and takes
@@ -188,7 +221,7 @@ const defaultMaxIdleConns = 2
 // inTx runs fn in a write transaction and commits it when fn succeeds. Every error comes
 // back through storeError, wrapped with op. After a read-only or I/O failure the idle
 // connections are dropped, so that writes recover by themselves once the fault clears.
-func (st *store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) error {
 	if st.readOnly.Load() {
 		return storeError(op, errReadOnly)
 	}
@@ -207,36 +240,31 @@ func (st *store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error)
 	return err
 }
 
-// storeError wraps err with op, turning SQLite's busy, full and read-only conditions into
-// errBusy, errFull and errReadOnly so that callers can answer UNAVAILABLE or
-// RESOURCE_EXHAUSTED. A nil err stays nil.
+// storeError wraps err with op, turning the engine's busy, full, read-only and unreachable
+// conditions into errBusy, errFull, errReadOnly and errUnavailable (see classify), so that
+// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED. A nil err stays nil.
 func storeError(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	var se *sqlite.Error
-	if errors.As(err, &se) {
-		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
-			return fmt.Errorf("%s: %w (%v)", op, errBusy, err)
-		case sqlite3.SQLITE_FULL:
-			return fmt.Errorf("%s: %w (%v)", op, errFull, err)
-		case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN:
-			return fmt.Errorf("%s: %w (%v)", op, errReadOnly, err)
-		}
+	if known := classify(err); known != nil && !errors.Is(err, known) {
+		return fmt.Errorf("%s: %w (%v)", op, known, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// ping reports whether the database answers a query.
+// ping reports whether the database answers a query that reads a table.
 func (st *store) ping(ctx context.Context) error {
-	var one int
-	return st.db.QueryRowContext(ctx, "SELECT 1 FROM sqlite_schema LIMIT 1").Scan(&one)
+	var gen int64
+	return st.db.QueryRowContext(ctx, generationQuery).Scan(&gen)
 }
 
 // Backup writes a consistent copy of the database to path, which must not exist, while
 // other connections keep reading and writing.
 func (st *store) Backup(ctx context.Context, path string) error {
+	if st.pg {
+		return errors.New("backup copies SQLite files; for PostgreSQL use pg_dump (e.g. pg_dump -Fc -f liveops.dump DATABASE_URL)")
+	}
 	if _, err := os.Stat(path); err == nil {
 		return fmt.Errorf("backup: %s already exists", path)
 	}
@@ -287,7 +315,7 @@ func eventValues(e Event) []any {
 // scanner is the part of *sql.Row and *sql.Rows that the scan functions need.
 type scanner interface{ Scan(dest ...any) error }
 
-// querier is the part of *sql.DB and *sql.Tx that getEvent needs.
+// querier is the part of db and tx that getEvent needs.
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
@@ -352,7 +380,17 @@ func parseRecurrence(s sql.NullString) (Recurrence, error) {
 // getEvent returns the event with the given id, or a *notFoundError that says whether it
 // was deleted.
 func getEvent(ctx context.Context, q querier, id string) (Event, error) {
-	e, err := scanEvent(q.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`, id))
+	return getEventSuffix(ctx, q, id, "")
+}
+
+// getEventToWrite is getEvent for a write that depends on what it reads: the row stays
+// locked until the transaction ends.
+func getEventToWrite(ctx context.Context, t *dbTx, id string) (Event, error) {
+	return getEventSuffix(ctx, t, id, t.forUpdate())
+}
+
+func getEventSuffix(ctx context.Context, q querier, id, suffix string) (Event, error) {
+	e, err := scanEvent(q.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events WHERE id = ?`+suffix, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Event{}, missingEvent(ctx, q, id)
 	}
@@ -385,7 +423,7 @@ func missingEvent(ctx context.Context, q querier, id string) error {
 // version prev (0 for an event that does not exist). Otherwise it writes nothing and
 // returns errStale, so that it alone guarantees no write is lost, whatever lock the
 // transaction holds.
-func putEvent(ctx context.Context, tx *sql.Tx, e Event, prev int64) error {
+func putEvent(ctx context.Context, tx *dbTx, e Event, prev int64) error {
 	res, err := tx.ExecContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET title = excluded.title, description = excluded.description,
 			start_time = excluded.start_time, end_time = excluded.end_time, rewards = excluded.rewards,
@@ -397,7 +435,7 @@ func putEvent(ctx context.Context, tx *sql.Tx, e Event, prev int64) error {
 }
 
 // removeEvent deletes the event with id when it is still at version prev, else returns errStale.
-func removeEvent(ctx context.Context, tx *sql.Tx, id string, prev int64) error {
+func removeEvent(ctx context.Context, tx *dbTx, id string, prev int64) error {
 	res, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id = ? AND version = ?`, id, prev)
 	return oneRowOrStale(res, err)
 }
@@ -418,9 +456,9 @@ func oneRowOrStale(res sql.Result, err error) error {
 
 // lastVersion returns the highest version the event with id ever had, deleted or not, so
 // that versions only grow and an old etag never matches again.
-func lastVersion(ctx context.Context, tx *sql.Tx, id string) (int64, error) {
+func lastVersion(ctx context.Context, tx *dbTx, id string) (int64, error) {
 	var v int64
-	err := tx.QueryRowContext(ctx, `SELECT coalesce(max(json_extract(event, '$.version')), 0) FROM event_revisions WHERE event_id = ?`, id).Scan(&v)
+	err := tx.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM event_revisions WHERE event_id = ?`, id).Scan(&v)
 	return v, err
 }
 
@@ -430,16 +468,22 @@ func lastVersion(ctx context.Context, tx *sql.Tx, id string) (int64, error) {
 //
 // The revision carries the generation, so that a server holding an older snapshot can
 // read what changed since (see ChangesSince) instead of every event.
-func recordWrite(ctx context.Context, tx *sql.Tx, action string, at time.Time, e Event) (int64, error) {
+//
+// Bumping the generation first also makes writers take turns from here on: PostgreSQL holds
+// the meta row's lock until commit, so revision numbers and generations never collide.
+func recordWrite(ctx context.Context, tx *dbTx, action string, at time.Time, e Event) (int64, error) {
 	var gen int64
 	if err := tx.QueryRowContext(ctx,
 		`UPDATE meta SET value = value + 1 WHERE name = 'events_generation' RETURNING value`).Scan(&gen); err != nil {
 		return 0, err
 	}
+	// The casts tell PostgreSQL the types of placeholders that stand in a SELECT list.
 	_, err := tx.ExecContext(ctx,
-		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event, generation)
-		SELECT ?, coalesce(max(revision), 0) + 1, ?, ?, ?, ?, ? FROM event_revisions WHERE event_id = ?`,
-		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), gen, e.ID)
+		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event, generation, version)
+		SELECT CAST(? AS TEXT), coalesce(max(revision), 0) + 1, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT),
+			CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
+		FROM event_revisions WHERE event_id = ?`,
+		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), gen, e.Version, e.ID)
 	return gen, err
 }
 
@@ -458,7 +502,7 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string) (Ev
 	e.CreatedAt, e.UpdatedAt, e.Version = now, now, 1
 	fingerprint := e.fingerprint()
 	var gen int64
-	err := st.inTx(ctx, "create event", func(tx *sql.Tx) error {
+	create := func(tx *dbTx) error {
 		if requestID != "" {
 			var seen []byte
 			var eventID string
@@ -472,10 +516,19 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string) (Ev
 			case !errors.Is(err, sql.ErrNoRows):
 				return err
 			}
-			if _, err := tx.ExecContext(ctx,
-				`INSERT INTO create_requests (request_id, fingerprint, event_id, created_at) VALUES (?, ?, ?, ?)`,
-				requestID, fingerprint, e.ID, now.UnixNano()); err != nil {
+			// Two creates with one request_id at once: the second waits here for the
+			// first to commit, then inserts nothing, and answers as a retry would.
+			res, err := tx.ExecContext(ctx,
+				`INSERT INTO create_requests (request_id, fingerprint, event_id, created_at) VALUES (?, ?, ?, ?)
+				ON CONFLICT (request_id) DO NOTHING`,
+				requestID, fingerprint, e.ID, now.UnixNano())
+			if err != nil {
 				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return errRequestRaced
 			}
 			if _, err := tx.ExecContext(ctx, `DELETE FROM create_requests WHERE created_at < ?`,
 				now.Add(-createRequestTTL).UnixNano()); err != nil {
@@ -488,7 +541,11 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string) (Ev
 		var err error
 		gen, err = recordWrite(ctx, tx, "create", now, e)
 		return err
-	})
+	}
+	err := st.inTx(ctx, "create event", create)
+	if errors.Is(err, errRequestRaced) {
+		err = st.inTx(ctx, "create event", create) // the other create has committed: answer as a retry
+	}
 	if err != nil {
 		return Event{}, 0, err
 	}
@@ -517,8 +574,8 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, change func(*
 	now := st.now().UTC()
 	var e Event
 	var gen int64
-	err := st.inTx(ctx, "update event", func(tx *sql.Tx) error {
-		cur, err := getEvent(ctx, tx, id)
+	err := st.inTx(ctx, "update event", func(tx *dbTx) error {
+		cur, err := getEventToWrite(ctx, tx, id)
 		if err != nil {
 			return err
 		}
@@ -542,8 +599,8 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, change func(*
 // generation after the write.
 func (st *store) DeleteEvent(ctx context.Context, id, etag string) (int64, error) {
 	var gen int64
-	err := st.inTx(ctx, "delete event", func(tx *sql.Tx) error {
-		e, err := getEvent(ctx, tx, id)
+	err := st.inTx(ctx, "delete event", func(tx *dbTx) error {
+		e, err := getEventToWrite(ctx, tx, id)
 		if err != nil {
 			return err
 		}
@@ -568,7 +625,7 @@ func (st *store) RestoreEvent(ctx context.Context, id string, rev int64, etag st
 	now := st.now().UTC()
 	var e Event
 	var gen int64
-	err := st.inTx(ctx, "restore event", func(tx *sql.Tx) error {
+	err := st.inTx(ctx, "restore event", func(tx *dbTx) error {
 		target, err := scanRevision(tx.QueryRowContext(ctx, revisionSelect+` WHERE r.event_id = ? AND r.revision = ?`, id, rev))
 		if errors.Is(err, sql.ErrNoRows) {
 			return &notFoundError{fmt.Sprintf("event %s has no revision %d (see ListEventRevisions)", id, rev)}
@@ -576,7 +633,7 @@ func (st *store) RestoreEvent(ctx context.Context, id string, rev int64, etag st
 		if err != nil {
 			return err
 		}
-		cur, err := getEvent(ctx, tx, id)
+		cur, err := getEventToWrite(ctx, tx, id)
 		exists := err == nil
 		if err != nil && !errors.Is(err, errNotFound) {
 			return err
@@ -617,9 +674,9 @@ func (st *store) Import(ctx context.Context, events []Event, dryRun bool) ([]imp
 	now := st.now().UTC()
 	var changes []importChange
 	var gen int64
-	err := st.inTx(ctx, "import", func(tx *sql.Tx) error {
+	err := st.inTx(ctx, "import", func(tx *dbTx) error {
 		for _, e := range events {
-			cur, err := getEvent(ctx, tx, e.ID)
+			cur, err := getEventToWrite(ctx, tx, e.ID)
 			exists := err == nil
 			if err != nil && !errors.Is(err, errNotFound) {
 				return err

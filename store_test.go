@@ -49,157 +49,163 @@ func titles(events []Event) string {
 }
 
 func TestStoreEventCRUD(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	c := newClock(t0)
-	st.now = c.now
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		c := newClock(t0)
+		st.now = c.now
 
-	e := Event{
-		ID: newID(), Title: "Winter Festival", Description: "Snow everywhere",
-		Start: t0, End: t0.Add(48 * time.Hour), Rewards: `{"gems": 50}`,
-		CreatedAt: t0, UpdatedAt: t0,
-	}
-	if err := e.validate(); err != nil {
-		t.Fatal(err)
-	}
-	created, gen, err := st.CreateEvent(ctx, e, "")
-	if err != nil || gen != 1 {
-		t.Fatal(err, gen)
-	}
-	e.Version = 1
-	if !reflect.DeepEqual(created, e) {
-		t.Fatalf("CreateEvent = %+v; want %+v", created, e)
-	}
-	got, err := getEvent(ctx, st.db, e.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, e) {
-		t.Fatalf("Event after create = %+v; want %+v", got, e)
-	}
-	if got.Rewards != `{"gems":50}` {
-		t.Errorf("rewards stored as %q; want compact JSON", got.Rewards)
-	}
+		e := Event{
+			ID: newID(), Title: "Winter Festival", Description: "Snow everywhere",
+			Start: t0, End: t0.Add(48 * time.Hour), Rewards: `{"gems": 50}`,
+			CreatedAt: t0, UpdatedAt: t0,
+		}
+		if err := e.validate(); err != nil {
+			t.Fatal(err)
+		}
+		created, gen, err := st.CreateEvent(ctx, e, "")
+		if err != nil || gen != 1 {
+			t.Fatal(err, gen)
+		}
+		e.Version = 1
+		if !reflect.DeepEqual(created, e) {
+			t.Fatalf("CreateEvent = %+v; want %+v", created, e)
+		}
+		got, err := getEvent(ctx, st.db, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, e) {
+			t.Fatalf("Event after create = %+v; want %+v", got, e)
+		}
+		if got.Rewards != `{"gems":50}` {
+			t.Errorf("rewards stored as %q; want compact JSON", got.Rewards)
+		}
 
-	var want Event
-	c.set(t0.Add(time.Minute))
-	got, gen, err = st.UpdateEvent(ctx, e.ID, "", func(u *Event) error {
-		u.Title, u.Description, u.Rewards = "Winter Festival II", "", "[1,2]"
-		u.Start, u.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
-		u.CreatedAt = time.Time{} // an update must not touch created_at
-		want = *u
-		return nil
+		var want Event
+		c.set(t0.Add(time.Minute))
+		got, gen, err = st.UpdateEvent(ctx, e.ID, "", func(u *Event) error {
+			u.Title, u.Description, u.Rewards = "Winter Festival II", "", "[1,2]"
+			u.Start, u.End = t0.Add(time.Hour), t0.Add(2*time.Hour+time.Nanosecond)
+			u.CreatedAt = time.Time{} // an update must not touch created_at
+			want = *u
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.CreatedAt, want.UpdatedAt, want.Version = t0, t0.Add(time.Minute), 2
+		if !reflect.DeepEqual(got, want) || got.ETag() == e.ETag() || gen != 2 {
+			t.Fatalf("UpdateEvent = %+v; want %+v with a new etag", got, want)
+		}
+		if again, _ := getEvent(ctx, st.db, e.ID); !reflect.DeepEqual(again, want) {
+			t.Fatalf("Event after update = %+v; want %+v", again, want)
+		}
+
+		// A refused change leaves the event as it was.
+		refuse := errors.New("no")
+		if _, _, err := st.UpdateEvent(ctx, e.ID, "", func(u *Event) error { u.Title = "changed"; return refuse }); !errors.Is(err, refuse) {
+			t.Fatalf("UpdateEvent with a refusing change = %v", err)
+		}
+		if again, _ := getEvent(ctx, st.db, e.ID); !reflect.DeepEqual(again, want) {
+			t.Fatalf("a refused update changed the event: %+v", again)
+		}
+
+		if gen, err := st.DeleteEvent(ctx, e.ID, ""); err != nil || gen != 3 {
+			t.Fatalf("DeleteEvent = %d, %v; want generation 3", gen, err)
+		}
+		if _, err := getEvent(ctx, st.db, e.ID); !errors.Is(err, errNotFound) {
+			t.Fatalf("Event after delete: err = %v; want errNotFound", err)
+		}
+		if _, err := st.DeleteEvent(ctx, e.ID, ""); !errors.Is(err, errNotFound) {
+			t.Fatalf("second DeleteEvent: err = %v; want errNotFound", err)
+		}
+		if _, _, err := st.UpdateEvent(ctx, e.ID, "", func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
+			t.Fatalf("UpdateEvent of deleted event: err = %v; want errNotFound", err)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want.CreatedAt, want.UpdatedAt, want.Version = t0, t0.Add(time.Minute), 2
-	if !reflect.DeepEqual(got, want) || got.ETag() == e.ETag() || gen != 2 {
-		t.Fatalf("UpdateEvent = %+v; want %+v with a new etag", got, want)
-	}
-	if again, _ := getEvent(ctx, st.db, e.ID); !reflect.DeepEqual(again, want) {
-		t.Fatalf("Event after update = %+v; want %+v", again, want)
-	}
-
-	// A refused change leaves the event as it was.
-	refuse := errors.New("no")
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", func(u *Event) error { u.Title = "changed"; return refuse }); !errors.Is(err, refuse) {
-		t.Fatalf("UpdateEvent with a refusing change = %v", err)
-	}
-	if again, _ := getEvent(ctx, st.db, e.ID); !reflect.DeepEqual(again, want) {
-		t.Fatalf("a refused update changed the event: %+v", again)
-	}
-
-	if gen, err := st.DeleteEvent(ctx, e.ID, ""); err != nil || gen != 3 {
-		t.Fatalf("DeleteEvent = %d, %v; want generation 3", gen, err)
-	}
-	if _, err := getEvent(ctx, st.db, e.ID); !errors.Is(err, errNotFound) {
-		t.Fatalf("Event after delete: err = %v; want errNotFound", err)
-	}
-	if _, err := st.DeleteEvent(ctx, e.ID, ""); !errors.Is(err, errNotFound) {
-		t.Fatalf("second DeleteEvent: err = %v; want errNotFound", err)
-	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, "", func(*Event) error { return nil }); !errors.Is(err, errNotFound) {
-		t.Fatalf("UpdateEvent of deleted event: err = %v; want errNotFound", err)
-	}
 }
 
 func TestStoreETags(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	e := mustCreate(t, st, "etag", t0, t0.Add(time.Hour))
-	stale := e.ETag()
-	rename := func(title string) func(*Event) error {
-		return func(u *Event) error { u.Title = title; return nil }
-	}
-	u, _, err := st.UpdateEvent(ctx, e.ID, stale, rename("first"))
-	if err != nil {
-		t.Fatalf("update with the current etag: %v", err)
-	}
-	if _, _, err := st.UpdateEvent(ctx, e.ID, stale, rename("second")); !errors.Is(err, errStale) {
-		t.Fatalf("update with a stale etag: %v; want errStale", err)
-	}
-	if _, err := st.DeleteEvent(ctx, e.ID, stale); !errors.Is(err, errStale) {
-		t.Fatalf("delete with a stale etag: %v; want errStale", err)
-	}
-	if got, _ := getEvent(ctx, st.db, e.ID); got.Title != "first" || got.Version != 2 {
-		t.Fatalf("after stale writes: %+v; want title first, version 2", got)
-	}
-	if _, err := st.DeleteEvent(ctx, e.ID, u.ETag()); err != nil {
-		t.Fatalf("delete with the current etag: %v", err)
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		e := mustCreate(t, st, "etag", t0, t0.Add(time.Hour))
+		stale := e.ETag()
+		rename := func(title string) func(*Event) error {
+			return func(u *Event) error { u.Title = title; return nil }
+		}
+		u, _, err := st.UpdateEvent(ctx, e.ID, stale, rename("first"))
+		if err != nil {
+			t.Fatalf("update with the current etag: %v", err)
+		}
+		if _, _, err := st.UpdateEvent(ctx, e.ID, stale, rename("second")); !errors.Is(err, errStale) {
+			t.Fatalf("update with a stale etag: %v; want errStale", err)
+		}
+		if _, err := st.DeleteEvent(ctx, e.ID, stale); !errors.Is(err, errStale) {
+			t.Fatalf("delete with a stale etag: %v; want errStale", err)
+		}
+		if got, _ := getEvent(ctx, st.db, e.ID); got.Title != "first" || got.Version != 2 {
+			t.Fatalf("after stale writes: %+v; want title first, version 2", got)
+		}
+		if _, err := st.DeleteEvent(ctx, e.ID, u.ETag()); err != nil {
+			t.Fatalf("delete with the current etag: %v", err)
+		}
+	})
 }
 
 func TestStoreIdempotentCreate(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	c := newClock(t0)
-	st.now = c.now
-	e := Event{ID: newID(), Title: "once", Start: t0, End: t0.Add(time.Hour)}
-	e.validate()
-	req := newID()
-	first, gen, err := st.CreateEvent(ctx, e, req)
-	if err != nil || gen == 0 {
-		t.Fatalf("first create: %v, generation %d", err, gen)
-	}
-	retry := e
-	retry.ID = newID() // a retry gets a fresh id from the server, which must not be used
-	again, gen, err := st.CreateEvent(ctx, retry, req)
-	if err != nil || gen != 0 || !reflect.DeepEqual(again, first) {
-		t.Fatalf("retry: %+v, generation %d, %v; want the first event back and nothing written", again, gen, err)
-	}
-	other := e
-	other.Title = "different"
-	if _, _, err := st.CreateEvent(ctx, other, req); !errors.Is(err, errRequestReused) {
-		t.Fatalf("reused request_id with another body: %v; want errRequestReused", err)
-	}
-	if all, _, _ := st.Events(ctx); len(all) != 1 {
-		t.Fatalf("%d events stored; want 1", len(all))
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		c := newClock(t0)
+		st.now = c.now
+		e := Event{ID: newID(), Title: "once", Start: t0, End: t0.Add(time.Hour)}
+		e.validate()
+		req := newID()
+		first, gen, err := st.CreateEvent(ctx, e, req)
+		if err != nil || gen == 0 {
+			t.Fatalf("first create: %v, generation %d", err, gen)
+		}
+		retry := e
+		retry.ID = newID() // a retry gets a fresh id from the server, which must not be used
+		again, gen, err := st.CreateEvent(ctx, retry, req)
+		if err != nil || gen != 0 || !reflect.DeepEqual(again, first) {
+			t.Fatalf("retry: %+v, generation %d, %v; want the first event back and nothing written", again, gen, err)
+		}
+		other := e
+		other.Title = "different"
+		if _, _, err := st.CreateEvent(ctx, other, req); !errors.Is(err, errRequestReused) {
+			t.Fatalf("reused request_id with another body: %v; want errRequestReused", err)
+		}
+		if all, _, _ := st.Events(ctx); len(all) != 1 {
+			t.Fatalf("%d events stored; want 1", len(all))
+		}
 
-	// A retry 25 hours later, after other creates, still finds the first event.
-	c.set(t0.Add(25 * time.Hour))
-	dayLater := e
-	dayLater.ID = newID()
-	if _, _, err := st.CreateEvent(ctx, dayLater, newID()); err != nil {
-		t.Fatal(err)
-	}
-	if again, gen, err := st.CreateEvent(ctx, retry, req); err != nil || gen != 0 || again.ID != first.ID {
-		t.Fatalf("retry after 25h: %v, generation %d, %v; want the first event", again.ID, gen, err)
-	}
+		// A retry 25 hours later, after other creates, still finds the first event.
+		c.set(t0.Add(25 * time.Hour))
+		dayLater := e
+		dayLater.ID = newID()
+		if _, _, err := st.CreateEvent(ctx, dayLater, newID()); err != nil {
+			t.Fatal(err)
+		}
+		if again, gen, err := st.CreateEvent(ctx, retry, req); err != nil || gen != 0 || again.ID != first.ID {
+			t.Fatalf("retry after 25h: %v, generation %d, %v; want the first event", again.ID, gen, err)
+		}
 
-	// Request ids are forgotten only long after the 24 hours promised.
-	c.set(t0.Add(createRequestTTL + time.Hour))
-	later := e
-	later.ID = newID()
-	if _, _, err := st.CreateEvent(ctx, later, newID()); err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	st.db.QueryRowContext(ctx, `SELECT count(*) FROM create_requests WHERE request_id = ?`, req).Scan(&n)
-	if n != 0 {
-		t.Fatalf("request id older than the TTL was kept")
-	}
+		// Request ids are forgotten only long after the 24 hours promised.
+		c.set(t0.Add(createRequestTTL + time.Hour))
+		later := e
+		later.ID = newID()
+		if _, _, err := st.CreateEvent(ctx, later, newID()); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		st.db.QueryRowContext(ctx, `SELECT count(*) FROM create_requests WHERE request_id = ?`, req).Scan(&n)
+		if n != 0 {
+			t.Fatalf("request id older than the TTL was kept")
+		}
+	})
 }
 
 func TestEventValidation(t *testing.T) {
@@ -338,61 +344,63 @@ func TestIDs(t *testing.T) {
 }
 
 func TestStoreKeys(t *testing.T) {
-	ctx := context.Background()
-	st := newTestStore(t)
-	if has, err := st.HasKeys(ctx); err != nil || has {
-		t.Fatalf("HasKeys on a new database = %v, %v; want false", has, err)
-	}
-	secret, err := createTestKey(t, st, roleGRPCAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := st.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(keys) != 1 {
-		t.Fatalf("got %d keys; want 1", len(keys))
-	}
-	k := keys[0]
-	if k.Hash != sha256.Sum256([]byte(secret)) {
-		t.Errorf("stored hash is not the SHA-256 of the key")
-	}
-	if k.Role != roleGRPCAdmin || k.Name != "test" || !k.RevokedAt.IsZero() || !k.LastUsedAt.IsZero() {
-		t.Errorf("stored key = %+v", k)
-	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		st := newTestStoreAt(t, dsn)
+		if has, err := st.HasKeys(ctx); err != nil || has {
+			t.Fatalf("HasKeys on a new database = %v, %v; want false", has, err)
+		}
+		secret, err := createTestKey(t, st, roleGRPCAdmin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, err := st.Keys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) != 1 {
+			t.Fatalf("got %d keys; want 1", len(keys))
+		}
+		k := keys[0]
+		if k.Hash != sha256.Sum256([]byte(secret)) {
+			t.Errorf("stored hash is not the SHA-256 of the key")
+		}
+		if k.Role != roleGRPCAdmin || k.Name != "test" || !k.RevokedAt.IsZero() || !k.LastUsedAt.IsZero() {
+			t.Errorf("stored key = %+v", k)
+		}
 
-	// The key text must appear nowhere in the database file's tables.
-	var n int
-	if err := st.db.QueryRowContext(ctx,
-		`SELECT count(*) FROM api_keys WHERE instr(CAST(hash AS TEXT), ?) OR instr(name, ?) OR instr(id, ?)`,
-		secret, secret, secret).Scan(&n); err != nil || n != 0 {
-		t.Errorf("key text found in api_keys (%d rows, err %v)", n, err)
-	}
+		// The key text must appear nowhere in the database file's tables.
+		var n int
+		if err := st.db.QueryRowContext(ctx,
+			`SELECT count(*) FROM api_keys WHERE name LIKE ? OR id LIKE ?`,
+			"%"+secret+"%", "%"+secret+"%").Scan(&n); err != nil || n != 0 {
+			t.Errorf("key text found in api_keys (%d rows, err %v)", n, err)
+		}
 
-	if err := st.TouchKeys(ctx, map[string]time.Time{k.ID: t0}); err != nil {
-		t.Fatal(err)
-	}
-	// An older time must not move last_used_at backwards.
-	if err := st.TouchKeys(ctx, map[string]time.Time{k.ID: t0.Add(-time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	c := newClock(t0.Add(time.Hour))
-	st.now = c.now
-	if err := st.RevokeKey(ctx, k.ID); err != nil {
-		t.Fatal(err)
-	}
-	c.set(t0.Add(2 * time.Hour))
-	if err := st.RevokeKey(ctx, k.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.RevokeKey(ctx, "nosuchkey"); !errors.Is(err, errNotFound) {
-		t.Errorf("RevokeKey(unknown) = %v; want errNotFound", err)
-	}
-	keys, _ = st.Keys(ctx)
-	if got := keys[0]; !got.LastUsedAt.Equal(t0) || !got.RevokedAt.Equal(t0.Add(time.Hour)) {
-		t.Errorf("after touch and revoke: last used %v, revoked %v; want %v, %v", got.LastUsedAt, got.RevokedAt, t0, t0.Add(time.Hour))
-	}
+		if err := st.TouchKeys(ctx, map[string]time.Time{k.ID: t0}); err != nil {
+			t.Fatal(err)
+		}
+		// An older time must not move last_used_at backwards.
+		if err := st.TouchKeys(ctx, map[string]time.Time{k.ID: t0.Add(-time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		c := newClock(t0.Add(time.Hour))
+		st.now = c.now
+		if err := st.RevokeKey(ctx, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		c.set(t0.Add(2 * time.Hour))
+		if err := st.RevokeKey(ctx, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.RevokeKey(ctx, "nosuchkey"); !errors.Is(err, errNotFound) {
+			t.Errorf("RevokeKey(unknown) = %v; want errNotFound", err)
+		}
+		keys, _ = st.Keys(ctx)
+		if got := keys[0]; !got.LastUsedAt.Equal(t0) || !got.RevokedAt.Equal(t0.Add(time.Hour)) {
+			t.Errorf("after touch and revoke: last used %v, revoked %v; want %v, %v", got.LastUsedAt, got.RevokedAt, t0, t0.Add(time.Hour))
+		}
+	})
 }
 
 func createTestKey(t testing.TB, st *store, r role) (string, error) {
