@@ -13,9 +13,12 @@ import (
 
 // This file answers the two questions an orchestrator asks, the way Kubernetes asks them:
 // is the process alive (/livez: it serves HTTP; nothing else is looked at, so a flood or a
-// sick database never gets a healthy instance killed), and may it take traffic (/readyz:
-// the snapshot is loaded and the database answers reads; whether it takes writes is
-// reported apart). The gRPC health service follows readiness.
+// sick database never gets a healthy instance killed), and may it take traffic (/readyz).
+// An instance serves players from its snapshot, loaded before it listens, whatever the
+// database does: so it stays ready while the database is away (taking every instance out
+// of a balancer then would fail reads that could be served), and reports the database's
+// state for reads and writes in the body. It stops being ready when it starts shutting
+// down, so that a balancer drains it. The gRPC health service follows the same rules.
 
 // eventService is the name the gRPC health service reports the admin API under.
 const eventService = "liveops.v1.EventService"
@@ -24,10 +27,11 @@ const eventService = "liveops.v1.EventService"
 // interval, so that /readyz and the health service answer from memory even when the
 // instance is flooded. An empty reason means ok.
 type readiness struct {
-	st    *store
-	hs    *health.Server
-	log   *logger
-	reads atomic.Pointer[string]
+	st       *store
+	hs       *health.Server
+	log      *logger
+	draining atomic.Bool
+	reads    atomic.Pointer[string]
 	// writes says why writes cannot succeed now: the database file is read-only, the disk
 	// failed, or another process holds the write lock.
 	writes atomic.Pointer[string]
@@ -95,36 +99,45 @@ func (rd *readiness) set(reads, writes string) {
 	rd.publish()
 }
 
-// publish sets the gRPC health statuses: the whole server ("") is serving while it can
-// answer reads, the admin API while it can also write.
+// drain marks the instance as shutting down: no longer ready for new traffic.
+func (rd *readiness) drain() {
+	rd.draining.Store(true)
+	rd.publish()
+}
+
+// publish sets the gRPC health statuses: the whole server ("") is serving until it drains,
+// the admin API while the database also answers reads and takes writes.
 func (rd *readiness) publish() {
-	reads, writes := *rd.reads.Load() == "", *rd.writes.Load() == ""
+	serving := !rd.draining.Load()
+	reads, writes := serving && *rd.reads.Load() == "", *rd.writes.Load() == ""
 	status := func(ok bool) healthpb.HealthCheckResponse_ServingStatus {
 		if ok {
 			return healthpb.HealthCheckResponse_SERVING
 		}
 		return healthpb.HealthCheckResponse_NOT_SERVING
 	}
-	rd.hs.SetServingStatus("", status(reads))
+	rd.hs.SetServingStatus("", status(serving))
 	rd.hs.SetServingStatus(eventService, status(reads && writes))
 }
 
-// readyJSON is the body of /readyz: whether the instance may take traffic, and each part.
+// readyJSON is the body of /readyz: whether the instance may take traffic, and how the
+// database stands for reads and for writes.
 type readyJSON struct {
-	Status string `json:"status"` // ready or not ready
-	Reads  string `json:"reads"`  // ok, or why not
-	Writes string `json:"writes"` // ok, or why not
+	Status string `json:"status"` // ready, or shutting down
+	Reads  string `json:"reads"`  // ok, or why the database does not answer reads
+	Writes string `json:"writes"` // ok, or why writes cannot succeed now
 }
 
-// handleReadyz answers 200 while the instance can serve reads and 503 otherwise, with
-// reads and writes reported apart: a read-only database still serves players.
+// handleReadyz answers 200 while the instance serves players, which it does from memory
+// whatever the database does, and 503 once it is shutting down. The database's state for
+// reads and writes is in the body.
 func handleReadyz(rd *readiness) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body := readyJSON{Status: "ready", Reads: orOK(*rd.reads.Load()), Writes: orOK(*rd.writes.Load())}
 		code := http.StatusOK
-		if body.Reads != "ok" {
-			body.Status, code = "not ready", http.StatusServiceUnavailable
-			noteReason(r.Context(), body.Reads)
+		if rd.draining.Load() {
+			body.Status, code = "shutting down", http.StatusServiceUnavailable
+			noteReason(r.Context(), "shutting down")
 		}
 		writeJSON(w, code, body)
 	})

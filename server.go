@@ -107,6 +107,7 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 	}
 
 	log.Info("shutting down", "grace", cfg.shutdownTimeout.String())
+	svc.ready.drain()     // /readyz answers 503, so a balancer sends no more
 	svc.health.Shutdown() // health answers NOT_SERVING to anyone still asking
 	close(svc.shutdown)   // streams end with UNAVAILABLE, so their clients reconnect elsewhere
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)

@@ -638,7 +638,7 @@ func TestHTTPErrors(t *testing.T) {
 	}
 }
 
-func TestReadyzReportsDatabaseFailure(t *testing.T) {
+func TestReadinessReportsTheDatabaseAndDrains(t *testing.T) {
 	st := newTestStore(t)
 	hs := health.NewServer()
 	rd := newReadiness(st, hs, newLogger("text", io.Discard))
@@ -657,7 +657,20 @@ func TestReadyzReportsDatabaseFailure(t *testing.T) {
 		}
 	}
 	check(200, healthpb.HealthCheckResponse_SERVING)
+	// Without its database the instance still serves players from memory: ready, with the
+	// database's state in the body, and the admin API not serving.
 	st.Close()
+	check(200, healthpb.HealthCheckResponse_SERVING)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if !strings.Contains(rec.Body.String(), `"reads":"the database does not answer reads`) {
+		t.Fatalf("/readyz without a database: %s; want the reads failure reported", rec.Body)
+	}
+	if got, _ := hs.Check(context.Background(), &healthpb.HealthCheckRequest{Service: eventService}); got.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("EventService health without a database: %v; want NOT_SERVING", got.GetStatus())
+	}
+	// Shutting down, it is not ready any more.
+	rd.drain()
 	check(503, healthpb.HealthCheckResponse_NOT_SERVING)
 }
 
