@@ -23,8 +23,10 @@ type config struct {
 	shutdownTimeout   time.Duration
 	busyTimeout       time.Duration
 	allowTimeTravel   bool
-	corsOrigins       []string // origins whose pages may read the player routes; none turns CORS off
-	limits            limits
+	// pgNotify turns on PostgreSQL's change feed (LISTEN/NOTIFY); polling remains.
+	pgNotify    bool
+	corsOrigins []string // origins whose pages may read the player routes; none turns CORS off
+	limits      limits
 }
 
 // limits bound what one client can make the server hold or do.
@@ -61,6 +63,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		"let players' GET /events?at=TIME answer as of another instant, for staging builds (env LIVEOPS_ALLOW_TIME_TRAVEL=true)")
 	corsOrigins := fs.String("cors-origins", getenv("LIVEOPS_CORS_ORIGINS"),
 		"comma-separated origins whose pages may read the player routes from a browser, such as https://play.example.com (env LIVEOPS_CORS_ORIGINS)")
+	fs.BoolVar(&cfg.pgNotify, "pg-notify", getenv("LIVEOPS_PG_NOTIFY") != "false",
+		"on PostgreSQL, hear other instances' writes at once through LISTEN/NOTIFY; polling every -reload-interval remains (env LIVEOPS_PG_NOTIFY=false turns it off, as for CockroachDB)")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
 	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")

@@ -13,10 +13,14 @@ import (
 
 // CreateKey stores a new API key record.
 func (st *store) CreateKey(ctx context.Context, k apiKey) error {
-	_, err := st.db.ExecContext(ctx,
-		`INSERT INTO api_keys (id, hash, role, name, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Hash[:], string(k.Role), k.Name, k.CreatedAt.UnixNano(), nullNanos(k.ExpiresAt))
-	return storeError("create key", err)
+	return st.inTx(ctx, "create key", func(tx *dbTx) error {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO api_keys (id, hash, role, name, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			k.ID, k.Hash[:], string(k.Role), k.Name, k.CreatedAt.UnixNano(), nullNanos(k.ExpiresAt)); err != nil {
+			return err
+		}
+		return notifyChange(ctx, tx)
+	})
 }
 
 const keyColumns = "id, hash, role, name, created_at, last_used_at, revoked_at, expires_at"
@@ -85,17 +89,19 @@ func (st *store) HasKeys(ctx context.Context) (bool, error) {
 // RevokeKey marks the key revoked now. Revoking a revoked key keeps the first time. It
 // returns errNotFound when no key has that id.
 func (st *store) RevokeKey(ctx context.Context, id string) error {
-	res, err := st.db.ExecContext(ctx,
-		`UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, st.now().UnixNano(), id)
-	if err != nil {
-		return storeError("revoke key", err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return storeError("revoke key", err)
-	} else if n == 0 {
-		return &notFoundError{fmt.Sprintf("no key with id %q (see liveops keys list)", id)}
-	}
-	return nil
+	return st.inTx(ctx, "revoke key", func(tx *dbTx) error {
+		res, err := tx.ExecContext(ctx,
+			`UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, st.now().UnixNano(), id)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return &notFoundError{fmt.Sprintf("no key with id %q (see liveops keys list)", id)}
+		}
+		return notifyChange(ctx, tx)
+	})
 }
 
 // TouchKeys records when keys were last used, in one transaction. A time older than the

@@ -469,3 +469,41 @@ func TestServerSeesAnotherProcessWrite(t *testing.T) {
 		})
 	})
 }
+
+func TestOtherInstancesWritesArriveAtOnceOnPostgreSQL(t *testing.T) {
+	// With an hour between polls, only the change feed can carry a write from one instance
+	// to another; with it off (-pg-notify=false), the poll alone does, at -reload-interval.
+	dsn := testDSN(t, "postgres")
+	ts := startServerWith(t, dsn, "-reload-interval", "1h")
+	other := startServerOn(t, dsn, ts.user, ts.admin, "-reload-interval", "1h")
+	now := time.Now().UTC()
+	created, err := other.events.CreateEvent(withKey(ts.admin), createReq("from the other instance", now.Add(-time.Hour), now.Add(time.Hour), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		code, _, _ := ts.get(t, "/events/"+created.GetEvent().GetId(), ts.user)
+		return code == 200
+	})
+	// A key revoked through one instance's database is refused by the other at once too.
+	st := newTestStoreAt(t, dsn)
+	keys, _ := st.Keys(context.Background())
+	for _, k := range keys {
+		if k.Role == roleHTTPUser {
+			if err := st.RevokeKey(context.Background(), k.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, func() bool { code, _, _ := ts.get(t, "/events", ts.user); return code == 401 })
+
+	polled := startServerOn(t, dsn, ts.user, ts.admin, "-reload-interval", "100ms", "-pg-notify=false")
+	later, err := other.events.CreateEvent(withKey(ts.admin), createReq("later", now.Add(-time.Hour), now.Add(time.Hour), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		_, err := polled.events.GetEvent(withKey(ts.admin), &eventspb.GetEventRequest{Id: later.GetEvent().GetId()})
+		return err == nil
+	})
+}

@@ -75,7 +75,13 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 	// final flush of key usage sees every request.
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
-	background.Go(func() { watchDatabase(watchCtx, st, svc.keys, svc.events, log, cfg.reloadInterval, time.Minute) })
+	nudge := make(chan struct{}, 1)
+	if st.pg && cfg.pgNotify {
+		background.Go(func() { listenForChanges(watchCtx, st, nudge, log) })
+	}
+	background.Go(func() {
+		watchDatabase(watchCtx, st, svc.keys, svc.events, log, cfg.reloadInterval, time.Minute, nudge)
+	})
 	background.Go(func() { svc.ready.run(watchCtx, cfg.reloadInterval) })
 	// Access-log lines are written in batches; this writes each batch out.
 	background.Go(func() {
@@ -171,7 +177,10 @@ const (
 // their generation moved. This is how `liveops keys revoke` run elsewhere takes effect
 // within a poll. Every flushEvery it writes key usage to the database, and once more on the
 // way out.
-func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, log *logger, poll, flushEvery time.Duration) {
+//
+// A send on nudge (PostgreSQL's change feed) makes it look at once rather than at the
+// next poll.
+func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, log *logger, poll, flushEvery time.Duration, nudge <-chan struct{}) {
 	defer func() {
 		// ctx is done; give the last flush its own short deadline.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -221,6 +230,25 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 	flushTick := time.NewTicker(flushEvery)
 	defer flushTick.Stop()
 	retry := false // a reload failed: try again at the next poll, change or not
+	look := func() {
+		ok, err := changed()
+		if err != nil {
+			log.Error("watch database", "err", err)
+			return
+		}
+		if !ok && !retry {
+			return
+		}
+		retry = false
+		if err := kr.reload(ctx); err != nil {
+			log.Error("reload keys", "err", err)
+			retry = true
+		}
+		if err := rm.refresh(ctx); err != nil {
+			log.Error("reload events", "err", err)
+			retry = true
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -229,24 +257,11 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 			if err := kr.flushUsage(ctx); err != nil {
 				log.Error("flush key usage", "err", err)
 			}
+		case <-nudge:
+			retry = true // a change was committed: look, whatever changed() says
+			look()
 		case <-pollTick.C:
-			ok, err := changed()
-			if err != nil {
-				log.Error("watch database", "err", err)
-				continue
-			}
-			if !ok && !retry {
-				continue
-			}
-			retry = false
-			if err := kr.reload(ctx); err != nil {
-				log.Error("reload keys", "err", err)
-				retry = true
-			}
-			if err := rm.refresh(ctx); err != nil {
-				log.Error("reload events", "err", err)
-				retry = true
-			}
+			look()
 		}
 	}
 }

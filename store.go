@@ -477,6 +477,9 @@ func recordWrite(ctx context.Context, tx *dbTx, action string, at time.Time, e E
 		`UPDATE meta SET value = value + 1 WHERE name = 'events_generation' RETURNING value`).Scan(&gen); err != nil {
 		return 0, err
 	}
+	if err := notifyChange(ctx, tx); err != nil {
+		return 0, err
+	}
 	// The casts tell PostgreSQL the types of placeholders that stand in a SELECT list.
 	_, err := tx.ExecContext(ctx,
 		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event, generation, version)
