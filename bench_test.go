@@ -13,9 +13,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -337,5 +340,63 @@ func BenchmarkListEvents(b *testing.B) {
 		if _, err := ts.events.ListEvents(ctx, &eventspb.ListEventsRequest{}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkPropagation measures how long a write committed through one instance takes to
+// show in GET /events/{id} on another, both on one PostgreSQL holding 100,000 events (set
+// LIVEOPS_BENCH_EVENTS for another count), with the change feed and with polling alone
+// (every second). Run it with -benchtime 1000x for the p50 and p99 over 1000 writes; each
+// write waits a random part of a second first, so it takes about 8 minutes.
+func BenchmarkPropagation(b *testing.B) {
+	n := 100_000
+	if s := os.Getenv("LIVEOPS_BENCH_EVENTS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{{"notify", nil}, {"poll-1s", []string{"-pg-notify=false"}}} {
+		b.Run(mode.name, func(b *testing.B) {
+			dsn := testDSN(b, "postgres")
+			st := newTestStoreAt(b, dsn)
+			now := time.Now()
+			seedEvents(b, st, n, "Ended event", now.Add(-90*24*time.Hour), now.Add(-89*24*time.Hour))
+			a := startServerWith(b, dsn, mode.args...)
+			other := startServerOn(b, dsn, a.user, a.admin, mode.args...)
+			client := &http.Client{Timeout: 5 * time.Second}
+			visible := func(id string) bool {
+				req, _ := http.NewRequest("GET", "http://"+other.addr+"/events/"+id, nil)
+				req.Header.Set("Authorization", "Bearer "+a.user)
+				resp, err := client.Do(req)
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == 200
+			}
+			var took []time.Duration
+			for b.Loop() {
+				// Writes come at any moment of a poll interval, not just after a poll.
+				b.StopTimer()
+				time.Sleep(time.Duration(rand.Int64N(int64(time.Second))))
+				b.StartTimer()
+				start := time.Now()
+				created, err := a.events.CreateEvent(withKey(a.admin), createReq("propagating", now.Add(-time.Hour), now.Add(time.Hour), ""))
+				if err != nil {
+					b.Fatal(err)
+				}
+				for !visible(created.GetEvent().GetId()) {
+					if time.Since(start) > 10*time.Second {
+						b.Fatal("a write never reached the other instance")
+					}
+					time.Sleep(time.Millisecond)
+				}
+				took = append(took, time.Since(start))
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "p99-ms")
+		})
 	}
 }

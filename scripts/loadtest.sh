@@ -6,7 +6,12 @@
 #   3. gRPC ListEvents (h2load: it does not decode replies, so it measures the server, not
 #      the client; ghz spends ~50 ms decoding each 1.2 MB reply)
 #
+#   4. write throughput: CreateEvent and UpdateEvent from 10 concurrent admins (ghz)
+#
 #   scripts/loadtest.sh                    knobs: DURATION=10s CONNS=50 PAST=5000
+#   DB=postgres://postgres@127.0.0.1:5432/test?sslmode=disable scripts/loadtest.sh
+#                                          the same on PostgreSQL, in a schema of its own
+#                                          that is dropped afterwards (needs psql)
 #
 # It installs wrk, h2load, curl and jq with apt-get and ghz with `go install` when they are
 # missing. Everything talks to 127.0.0.1 only, and every run is bounded by DURATION.
@@ -14,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 export PATH="$PATH:$(go env GOPATH)/bin"
-DURATION=${DURATION:-10s} CONNS=${CONNS:-50} PAST=${PAST:-5000}
+DURATION=${DURATION:-10s} CONNS=${CONNS:-50} PAST=${PAST:-5000} DB=${DB:-}
 
 command -v ghz >/dev/null || go install github.com/bojand/ghz/cmd/ghz@v0.121.0
 if ! command -v wrk >/dev/null || ! command -v h2load >/dev/null || ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
@@ -23,11 +28,25 @@ fi
 
 T=$(mktemp -d)
 pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$T"; }
+schema=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  wait 2>/dev/null || true
+  [ -n "$schema" ] && psql -q "$PGURL" -c "DROP SCHEMA $schema CASCADE" >/dev/null 2>&1
+  rm -rf "$T"
+}
 trap cleanup EXIT
 
 CGO_ENABLED=0 go build -o "$T/liveops" .
-DB=$T/load.db
+case "$DB" in
+"") DB=$T/load.db ;;
+postgres://* | postgresql://*)
+  PGURL=$DB
+  schema=liveops_load_$$
+  psql -q "$PGURL" -c "CREATE SCHEMA $schema" >/dev/null
+  case "$DB" in *\?*) DB="$DB&search_path=$schema" ;; *) DB="$DB?search_path=$schema" ;; esac
+  ;;
+esac
 ADMIN=$("$T/liveops" keys create -role grpc_admin -name loadtest -db "$DB" 2>/dev/null)
 USER=$("$T/liveops" keys create -role http_user -name loadtest -db "$DB" 2>/dev/null)
 "$T/liveops" -addr 127.0.0.1:0 -db "$DB" -log-format json >"$T/server.log" 2>&1 &
@@ -84,5 +103,10 @@ printf '\0\0\0\0\0' >"$T/list.bin" # an empty ListEventsRequest, gRPC-framed
 printf '%-42s %s\n' "gRPC ListEvents (first 100 of $((PAST + 220)), 10x10)" "$(h2load -D "${DURATION%s}" -c 10 -m 10 -d "$T/list.bin" \
   -H 'content-type: application/grpc' -H 'te: trailers' -H "authorization: Bearer $ADMIN" \
   "http://$ADDR/liveops.v1.EventService/ListEvents" | h2load_stats)"
+printf '%-42s %s\n' "CreateEvent, 10 concurrent admins" "$(ghz_ --call liveops.v1.EventService/CreateEvent \
+  -d "$(event Throughput 2592000 2678400)" -c 10 -z "$DURATION" | ghz_stats)"
+ID=$(curl -fs -H "Authorization: Bearer $USER" "http://$ADDR/events" | jq -r '.events[0].id')
+printf '%-42s %s\n' "UpdateEvent of one event, 10 concurrent" "$(ghz_ --call liveops.v1.EventService/UpdateEvent \
+  -d "{\"id\":\"$ID\",\"title\":\"Updated under load\",\"update_mask\":{\"paths\":[\"title\"]}}" -c 10 -z "$DURATION" | ghz_stats)"
 errors=$(grep -c '"level":"ERROR"' "$T/server.log" || true)
 echo "server errors logged: $errors"
