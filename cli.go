@@ -395,7 +395,11 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 }
 
 // runVersion prints the module version and the commit the binary was built from.
-func runVersion(stdout io.Writer) error {
+func runVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("version", "usage: liveops version\n\nPrints the version and the commit this binary was built from.\n", stderr)
+	if err := parseCommand(fs, args, 0, stdout); err != nil {
+		return err
+	}
 	version, commit, dirty := "(devel)", "unknown", false
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if bi.Main.Version != "" {

@@ -29,7 +29,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		case "import":
 			return runImport(ctx, args[2:], getenv, stdout, stderr)
 		case "version":
-			return runVersion(stdout)
+			return runVersion(args[2:], stdout, stderr)
 		}
 	}
 	cfg, err := parseConfig(args[1:], getenv, stdout, stderr)
@@ -476,7 +476,8 @@ func logRequests(log *logger, next http.Handler) http.Handler {
 			rec.status = http.StatusOK
 		}
 		e := &accessEntry{end: time.Now(), proto: r.Proto, method: r.Method, path: r.URL.Path,
-			status: rec.status, failed: rec.status >= 500}
+			// A 503 is the server shedding load or draining, as meant: not a failure.
+			status: rec.status, failed: rec.status >= 500 && rec.status != http.StatusServiceUnavailable}
 		e.took = e.end.Sub(start)
 		log.access(e.from(&rec.info))
 		// The request is over: nothing holds rec or its info any more.
