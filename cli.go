@@ -106,14 +106,14 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 		return fmt.Errorf("import: %d problem(s) in %s; nothing was imported", len(problems), fs.Arg(0))
 	}
 	var changes []importChange
-	if _, err := os.Stat(*db); err != nil && *dryRun {
+	if !databaseExists(*db) && *dryRun {
 		// A dry run against a database that does not exist yet creates everything, and
 		// must not leave an empty database behind.
 		for _, e := range events {
 			changes = append(changes, importChange{ID: e.ID, Action: "create"})
 		}
 	} else {
-		if _, err := os.Stat(*db); err != nil {
+		if !databaseExists(*db) {
 			fmt.Fprintf(stderr, "note: %s did not exist; created a new database there\n", *db)
 		}
 		st, err := openStore(ctx, *db, time.Now)
@@ -336,7 +336,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		if _, ok := roleTags[role(*r)]; !ok {
 			return fmt.Errorf("keys create: -role must be http_user or grpc_admin, got %q", *r)
 		}
-		if _, err := os.Stat(*db); err != nil {
+		if !databaseExists(*db) {
 			// Making the database here is how a new install gets its first keys; a typo in
 			// -db must not pass unnoticed, though.
 			fmt.Fprintf(stderr, "note: %s did not exist; created a new, empty database there\n", *db)
@@ -392,6 +392,16 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	fmt.Fprint(stderr, keysUsage)
 	return fmt.Errorf("keys: unknown subcommand %q: want create, list or revoke", cmd)
+}
+
+// databaseExists reports whether the SQLite file db names exists. A PostgreSQL database is
+// the server's to create: a URL always counts as existing, and its schema is made on open.
+func databaseExists(db string) bool {
+	if isPostgres(db) {
+		return true
+	}
+	_, err := os.Stat(db)
+	return err == nil
 }
 
 // runVersion prints the module version and the commit the binary was built from.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,18 @@ import (
 // isPostgres reports whether a -db value names a PostgreSQL database rather than a file.
 func isPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// redactDSN returns a -db value fit for a log line: a PostgreSQL URL without its password.
+func redactDSN(dsn string) string {
+	if !isPostgres(dsn) {
+		return dsn
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 // db is a *sql.DB that speaks the store's dialect: statements are written once, with ?

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,7 +45,7 @@ func testDSN(t testing.TB, engine string) string {
 	defer cancel()
 	if err := admin.PingContext(ctx); err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatalf("PostgreSQL at LIVEOPS_TEST_POSTGRES (%s) is not reachable: %v", redactURL(base), err)
+			t.Fatalf("PostgreSQL at LIVEOPS_TEST_POSTGRES (%s) is not reachable: %v", redactDSN(base), err)
 		}
 		t.Skipf("no PostgreSQL reachable (%v); start one, or set LIVEOPS_TEST_POSTGRES=postgres://..., to run the PostgreSQL tests", err)
 	}
@@ -67,15 +68,6 @@ func testDSN(t testing.TB, engine string) string {
 	return u.String()
 }
 
-// redactURL hides a password in a database URL.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}
-
 // forEachEngine runs test once on each engine, with a fresh database's -db value.
 func forEachEngine(t *testing.T, test func(t *testing.T, dsn string)) {
 	for _, engine := range engines {
@@ -92,4 +84,20 @@ func newTestStoreAt(t testing.TB, dsn string) *store {
 	}
 	t.Cleanup(func() { st.Close() })
 	return st
+}
+
+func TestDatabasePasswordIsNeverLogged(t *testing.T) {
+	if got := redactDSN("postgres://liveops:s3cret@db.example.com:5432/live?sslmode=require"); strings.Contains(got, "s3cret") {
+		t.Fatalf("redactDSN kept the password: %s", got)
+	}
+	dsn := testDSN(t, "postgres")
+	u, _ := url.Parse(dsn)
+	u.User = url.UserPassword("postgres", "s3cret") // trust auth ignores it
+	ts := startServerWith(t, u.String())
+	if err := ts.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if logs := ts.logs.String(); strings.Contains(logs, "s3cret") || !strings.Contains(logs, `"msg":"listening"`) {
+		t.Fatalf("the log holds the database password, or no listening line:\n%s", logs)
+	}
 }

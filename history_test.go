@@ -397,3 +397,31 @@ func TestAuditLogRefusesFarSince(t *testing.T) {
 		t.Fatalf("since 9999: %v; want INVALID_ARGUMENT", err)
 	}
 }
+
+func TestCommandsOnPostgreSQL(t *testing.T) {
+	src, dst := testDSN(t, "postgres"), testDSN(t, "postgres")
+	st := newTestStoreAt(t, src)
+	mustCreate(t, st, "moved between databases", t0, t0.Add(time.Hour))
+	exported, _, err := cli(t, "export", "-db", src)
+	if err != nil || !strings.Contains(exported, "moved between databases") {
+		t.Fatalf("export: %v\n%s", err, exported)
+	}
+	file := filepath.Join(t.TempDir(), "events.json")
+	os.WriteFile(file, []byte(exported), 0o600)
+	if out, stderr, err := cli(t, "import", "-db", dst, file); err != nil || !strings.Contains(out, "1 created") || strings.Contains(stderr, "did not exist") {
+		t.Fatalf("import into PostgreSQL: %v\n%s%s", err, out, stderr)
+	}
+	if again, _, _ := cli(t, "export", "-db", dst); again != exported {
+		t.Fatalf("export -> import -> export changed the file:\n%s\n---\n%s", exported, again)
+	}
+	key, _, err := cli(t, "keys", "create", "-role", "http_user", "-name", "pg", "-db", dst)
+	if err != nil || !checkKeyFormat(strings.TrimSpace(key)) {
+		t.Fatalf("keys create: %q, %v", key, err)
+	}
+	if list, _, err := cli(t, "keys", "list", "-db", dst); err != nil || !strings.Contains(list, "pg") {
+		t.Fatalf("keys list: %v\n%s", err, list)
+	}
+	if _, _, err := cli(t, "backup", "-db", dst, filepath.Join(t.TempDir(), "b.db")); err == nil || !strings.Contains(err.Error(), "pg_dump") {
+		t.Fatalf("backup of PostgreSQL: %v; want a pointer to pg_dump", err)
+	}
+}

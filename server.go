@@ -69,7 +69,7 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 		return err
 	}
 	srv := newHTTPServer(svc.handler, cfg.limits, log)
-	log.Info("listening", "addr", ln.Addr().String(), "db", cfg.db, "tls", cfg.tlsCert != "")
+	log.Info("listening", "addr", ln.Addr().String(), "db", redactDSN(cfg.db), "tls", cfg.tlsCert != "")
 
 	// The watcher outlives ctx by a little: it stops only after the server has, so that its
 	// final flush of key usage sees every request.
