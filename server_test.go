@@ -476,7 +476,10 @@ func TestChangesDuringStartupAreNoticed(t *testing.T) {
 	}
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); watchDatabase(wctx, st, svc.keys, svc.events, log, time.Hour, time.Hour, nil) }()
+	go func() {
+		defer close(done)
+		watchDatabase(wctx, st, svc.keys, svc.events, log, time.Hour, time.Hour, nil)
+	}()
 	defer func() { stop(); <-done }()
 	// With an hour between polls, only the watcher's start can catch the revoke.
 	waitFor(t, func() bool { _, err := svc.keys.authenticate(ctx, secret, true); return errors.Is(err, errRevokedKey) })
