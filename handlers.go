@@ -339,7 +339,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 	case errors.As(err, &nf):
 		status, msg = http.StatusNotFound, nf.msg
-	case errors.Is(err, errBusy), errors.Is(err, errReadOnly):
+	case errors.Is(err, errBusy), errors.Is(err, errReadOnly), errors.Is(err, errUnavailable):
 		status, msg = http.StatusServiceUnavailable, "the database is unavailable; retry shortly"
 	}
 	if status == http.StatusInternalServerError {
