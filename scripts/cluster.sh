@@ -22,7 +22,7 @@ N=${N:-3} PORT=${PORT:-} DB=${DB:-} SHARED_CACHE_MAX_AGE=${SHARED_CACHE_MAX_AGE:
 
 if ! command -v haproxy >/dev/null || ! command -v curl >/dev/null; then
   echo "cluster: installing haproxy and curl with apt-get" >&2
-  apt-get update -qq && apt-get install -y -qq haproxy curl >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy curl >/dev/null
 fi
 
 if [ -z "$DB" ]; then
@@ -32,7 +32,7 @@ if [ -z "$DB" ]; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
     for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
   fi
-  psql -q "$base" -c "CREATE SCHEMA IF NOT EXISTS liveops_cluster" >/dev/null
+  PGOPTIONS=--client-min-messages=warning psql -q "$base" -c "CREATE SCHEMA IF NOT EXISTS liveops_cluster" >/dev/null
   DB="$base&search_path=liveops_cluster"
 fi
 
