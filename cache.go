@@ -140,18 +140,29 @@ func (c *cachedResponse) gzipped() []byte {
 // to notice a new event.
 const maxCacheAge = 30 * time.Second
 
-// maxAges holds the Cache-Control values, so that a request formats none.
-var maxAges = func() []string {
+// maxAges and sharedMaxAges hold the Cache-Control values, indexed by seconds, so that a
+// request formats none.
+var maxAges, sharedMaxAges = cacheControls("max-age=%d"), cacheControls("public, max-age=%d, s-maxage=%d")
+
+func cacheControls(format string) []string {
 	out := make([]string, int(maxCacheAge/time.Second)+1)
 	for i := range out {
-		out[i] = "max-age=" + strconv.Itoa(i)
+		out[i] = strings.ReplaceAll(format, "%d", strconv.Itoa(i))
 	}
 	return out
-}()
+}
 
 // serveCached writes c, honouring If-None-Match (304) and Accept-Encoding (gzip), with a
 // Cache-Control max-age that does not run past fresh, the time until the answer can change.
-func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fresh time.Duration) {
+//
+// With shared above 0 the answer may also be kept by shared caches (a proxy in front of
+// several instances, a CDN), for no longer than shared: Cache-Control: public, s-maxage.
+// public is what lets a shared cache keep an answer to a request that carried an
+// Authorization header at all (RFC 9111, section 3.5). Vary: Authorization still keeps one
+// key's answers apart from another's and from requests without a key; what a shared cache
+// adds is time: for up to shared, an admin's edit is not yet seen and a key revoked
+// meanwhile is still answered from the cache. Errors never come here, and keep no-store.
+func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fresh, shared time.Duration) {
 	body, etag, length := c.body, c.etag, c.length
 	gzipped := false
 	if len(c.body) >= minGzipSize && acceptsGzip(r.Header["Accept-Encoding"]) {
@@ -162,7 +173,12 @@ func serveCached(w http.ResponseWriter, r *http.Request, c *cachedResponse, fres
 	// One array holds this response's header values: one allocation instead of one a
 	// header, and no slice shared with another response.
 	v := make([]string, 6)
-	v[0], v[1], v[2] = "application/json", "Authorization, Accept-Encoding", maxAges[int(min(max(fresh, 0), maxCacheAge)/time.Second)]
+	age := min(max(fresh, 0), maxCacheAge)
+	cacheControl := maxAges[age/time.Second]
+	if shared > 0 {
+		cacheControl = sharedMaxAges[min(age, shared)/time.Second]
+	}
+	v[0], v[1], v[2] = "application/json", "Authorization, Accept-Encoding", cacheControl
 	v[3], v[4], v[5] = etag, length, "gzip"
 	h := w.Header()
 	h["Content-Type"], h["Cache-Control"], h["Etag"] = v[0:1:1], v[2:3:3], v[3:4:4]

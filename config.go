@@ -23,6 +23,9 @@ type config struct {
 	shutdownTimeout   time.Duration
 	busyTimeout       time.Duration
 	allowTimeTravel   bool
+	// sharedCacheMaxAge, when not 0, lets shared caches (a proxy in front, a CDN) keep
+	// players' answers for up to this long: see serveCached.
+	sharedCacheMaxAge time.Duration
 	// pgNotify turns on PostgreSQL's change feed (LISTEN/NOTIFY); polling remains.
 	pgNotify    bool
 	corsOrigins []string // origins whose pages may read the player routes; none turns CORS off
@@ -63,6 +66,12 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		"let players' GET /events?at=TIME answer as of another instant, for staging builds (env LIVEOPS_ALLOW_TIME_TRAVEL=true)")
 	corsOrigins := fs.String("cors-origins", getenv("LIVEOPS_CORS_ORIGINS"),
 		"comma-separated origins whose pages may read the player routes from a browser, such as https://play.example.com (env LIVEOPS_CORS_ORIGINS)")
+	sharedCacheMaxAge, err := envDuration(getenv, "LIVEOPS_SHARED_CACHE_MAX_AGE")
+	if err != nil {
+		return config{}, err
+	}
+	fs.DurationVar(&cfg.sharedCacheMaxAge, "shared-cache-max-age", sharedCacheMaxAge,
+		"let shared caches (a proxy in front, a CDN) keep players' GET /events answers for up to this long, at most 30s: Cache-Control: public, s-maxage (env LIVEOPS_SHARED_CACHE_MAX_AGE; 0, the default, keeps them private)")
 	fs.BoolVar(&cfg.pgNotify, "pg-notify", getenv("LIVEOPS_PG_NOTIFY") != "false",
 		"on PostgreSQL, hear other instances' writes at once through LISTEN/NOTIFY; polling every -reload-interval remains (env LIVEOPS_PG_NOTIFY=false turns it off, as for CockroachDB)")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
@@ -91,7 +100,6 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
 		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
 	}
-	var err error
 	if cfg.corsOrigins, err = parseCORSOrigins(*corsOrigins); err != nil {
 		return config{}, err
 	}
@@ -103,6 +111,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		if d <= 0 {
 			return config{}, fmt.Errorf("-%s must be positive, got %v", name, d)
 		}
+	}
+	if d := cfg.sharedCacheMaxAge; d < 0 || d > maxCacheAge || d%time.Second != 0 {
+		return config{}, fmt.Errorf("-shared-cache-max-age must be whole seconds from 0 (off) to %v, got %v", maxCacheAge, d)
 	}
 	if l.readTimeout < 0 || l.writeTimeout < 0 {
 		return config{}, errors.New("-read-timeout and -write-timeout must not be negative (0 turns them off)")
@@ -128,6 +139,19 @@ func envOr(getenv func(string) string, name, def string) string {
 		return v
 	}
 	return def
+}
+
+// envDuration reads a duration from the environment variable name: 0 when it is unset.
+func envDuration(getenv func(string) string, name string) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s: want a duration such as 5s, got %q", name, v)
+	}
+	return d, nil
 }
 
 // serverUsage heads the server's -h.

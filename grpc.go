@@ -503,6 +503,8 @@ func grpcStatus(err error) (st *status.Status, internal bool) {
 		return status.New(codes.Unavailable, errBusy.Error()), false
 	case errors.Is(err, errReadOnly):
 		return status.New(codes.Unavailable, errReadOnly.Error()), false
+	case errors.Is(err, errUnavailable):
+		return status.New(codes.Unavailable, errUnavailable.Error()), false
 	case errors.Is(err, errFull):
 		return status.New(codes.ResourceExhausted, errFull.Error()), false
 	case errors.Is(err, context.Canceled):

@@ -96,7 +96,9 @@ func playerEventBody(t time.Time, e Event, v view) (body, eventJSON []byte) {
 //	status=active,upcoming        which statuses to include (repeatable; default active)
 //	label=shop&label=pvp          only events with any of these labels
 //	at=2027-01-01T20:00:00Z       answer as of that instant; only with -allow-time-travel
-func handleEvents(rm *readModel, answers *answerCache, allowTimeTravel bool) http.Handler {
+//
+// sharedMaxAge, when not 0, lets shared caches keep the answers that long (see serveCached).
+func handleEvents(rm *readModel, answers *answerCache, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var q playerQuery
 		var at time.Time
@@ -111,7 +113,7 @@ func handleEvents(rm *readModel, answers *answerCache, allowTimeTravel bool) htt
 		if !at.IsZero() {
 			// Time travel is for testing: never cached, here or by the client.
 			events, _ := snap.playerEvents(at, q)
-			serveCached(w, r, newCachedResponse(playerListBody(at, events)), 0)
+			serveCached(w, r, newCachedResponse(playerListBody(at, events)), 0, 0)
 			return
 		}
 		now := rm.now()
@@ -120,7 +122,7 @@ func handleEvents(rm *readModel, answers *answerCache, allowTimeTravel bool) htt
 			body, tagged := playerListBody(now, events)
 			return body, tagged, until
 		})
-		serveCached(w, r, a.resp, a.until.Sub(now))
+		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})
 }
 
@@ -190,7 +192,7 @@ func parseAt(v url.Values, allowTimeTravel bool) (time.Time, error) {
 // handleEvent serves GET /events/{id}: the event while players may see it (previewed,
 // active or ended). A draft, or an event not yet previewed or started, is 404, so the
 // schedule cannot be read early. It takes at like GET /events.
-func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool) http.Handler {
+func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		if err := checkID("id", id); err != nil {
@@ -221,14 +223,14 @@ func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool) http
 			return
 		}
 		if !at.IsZero() {
-			serveCached(w, r, newCachedResponse(playerEventBody(t, e.Event, v)), 0)
+			serveCached(w, r, newCachedResponse(playerEventBody(t, e.Event, v)), 0, 0)
 			return
 		}
 		a := answers.get("event/"+id, snap.gen, now, func() ([]byte, []byte, time.Time) {
 			body, tagged := playerEventBody(now, e.Event, v)
 			return body, tagged, v.until
 		})
-		serveCached(w, r, a.resp, a.until.Sub(now))
+		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})
 }
 
@@ -337,7 +339,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 	case errors.As(err, &nf):
 		status, msg = http.StatusNotFound, nf.msg
-	case errors.Is(err, errBusy), errors.Is(err, errReadOnly):
+	case errors.Is(err, errBusy), errors.Is(err, errReadOnly), errors.Is(err, errUnavailable):
 		status, msg = http.StatusServiceUnavailable, "the database is unavailable; retry shortly"
 	}
 	if status == http.StatusInternalServerError {

@@ -159,7 +159,8 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	ready := newReadiness(st, hs, log)
 	inflight := &inFlight{max: int64(lim.maxInFlight)}
 	mux := http.NewServeMux()
-	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), cfg.allowTimeTravel, cors{cfg.corsOrigins})
+	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes),
+		cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
 	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown,
 		handler: newHandler(mux, grpcGate(gs, g, inflight, lim.maxHeaderBytes, log), inflight, lim, log)}, nil
 }
@@ -372,7 +373,7 @@ func isGRPC(contentType string) bool {
 // routeRoles panics, so no route ships without a decision about who may call it. The
 // routes for players' keys are the ones browser games call, so they follow the CORS
 // policy c, errors included.
-func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache, allowTimeTravel bool, c cors) {
+func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache, allowTimeTravel bool, sharedMaxAge time.Duration, c cors) {
 	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
@@ -394,8 +395,8 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	handle("GET /livez", nil, handleLivez())
 	handle("GET /readyz", nil, handleReadyz(ready))
 	handle("GET /healthz", nil, handleReadyz(ready)) // the name older probes use; the same as /readyz
-	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel))
-	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel))
+	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel, sharedMaxAge))
+	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel, sharedMaxAge))
 	// Browsers ask these, without a key, before a GET from another origin that sends one.
 	handle("OPTIONS /events", nil, c.preflight("GET, HEAD"))
 	handle("OPTIONS /events/{id}", nil, c.preflight("GET, HEAD"))

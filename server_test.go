@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -699,14 +701,17 @@ func TestConfigErrors(t *testing.T) {
 		{"-tls-cert", "cert.pem"},
 		{"extra"},
 		{"-nosuchflag"},
+		{"-shared-cache-max-age", "31s"},
+		{"-shared-cache-max-age", "1500ms"},
+		{"-shared-cache-max-age", "-1s"},
 	} {
 		if _, err := parseConfig(args, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
 			t.Errorf("parseConfig(%q) = nil error", args)
 		}
 	}
-	env := map[string]string{"LIVEOPS_ADDR": "127.0.0.1:9999", "LIVEOPS_DB": "x.db", "LIVEOPS_LOG_FORMAT": "json"}
+	env := map[string]string{"LIVEOPS_ADDR": "127.0.0.1:9999", "LIVEOPS_DB": "x.db", "LIVEOPS_LOG_FORMAT": "json", "LIVEOPS_SHARED_CACHE_MAX_AGE": "5s"}
 	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
-	if err != nil || cfg.addr != "127.0.0.1:9999" || cfg.db != "x.db" || cfg.logFormat != "json" {
+	if err != nil || cfg.addr != "127.0.0.1:9999" || cfg.db != "x.db" || cfg.logFormat != "json" || cfg.sharedCacheMaxAge != 5*time.Second {
 		t.Fatalf("env fallback: %+v, %v", cfg, err)
 	}
 	cfg, _ = parseConfig([]string{"-addr", ":1"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
@@ -714,7 +719,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatalf("a flag must win over the environment: addr = %q", cfg.addr)
 	}
 	cfg, _ = parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
-	if cfg.addr != ":8080" || cfg.db != "liveops.db" || cfg.logFormat != "text" {
+	if cfg.addr != ":8080" || cfg.db != "liveops.db" || cfg.logFormat != "text" || cfg.sharedCacheMaxAge != 0 {
 		t.Fatalf("defaults = %+v", cfg)
 	}
 }
@@ -809,4 +814,76 @@ func writeSelfSignedCert(t *testing.T, certFile, keyFile string) *x509.CertPool 
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
 	return pool
+}
+
+func TestSharedCacheMaxAge(t *testing.T) {
+	type answer struct{ path, key, cacheControl string }
+	// answers reads the routes players call, and ones that fail, on a server started with
+	// args, with one event active for a long while and one that ends in 3 seconds.
+	answers := func(t *testing.T, args ...string) []answer {
+		ts := startServer(t, args...)
+		admin := withKey(ts.admin)
+		now := time.Now().UTC()
+		long, err := ts.events.CreateEvent(admin, createReq("long", now.Add(-time.Hour), now.Add(time.Hour), ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var header metadata.MD
+		short, err := ts.events.CreateEvent(admin, createReq("short", now.Add(-time.Hour), now.Add(3*time.Second), ""), grpc.Header(&header))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An admin's answer is never cacheable.
+		if cc := header.Get("cache-control"); len(cc) > 0 {
+			t.Errorf("gRPC CreateEvent sent Cache-Control %q; want none", cc)
+		}
+		var got []answer
+		for _, a := range []answer{
+			{path: "/events/" + long.GetEvent().GetId(), key: ts.user},
+			{path: "/events/" + short.GetEvent().GetId(), key: ts.user},
+			{path: "/events", key: ts.user}, // holds short, so it changes in 3 s too
+			{path: "/events", key: ""},
+			{path: "/events", key: ts.admin},
+			{path: "/events/" + newID(), key: ts.user},
+			{path: "/events?stauts=active", key: ts.user},
+		} {
+			code, hdr, _ := ts.get(t, a.path, a.key)
+			if vary := hdr.Get("Vary"); code == 200 && vary != "Authorization, Accept-Encoding" {
+				t.Errorf("GET %s: Vary %q; want Authorization, Accept-Encoding", a.path, vary)
+			}
+			a.cacheControl = fmt.Sprintf("%d %s", code, hdr.Get("Cache-Control"))
+			got = append(got, a)
+		}
+		return got
+	}
+	check := func(t *testing.T, got []answer, want ...string) {
+		t.Helper()
+		for i, a := range got {
+			// The answers with short in them change in 3 s or less, depending on when
+			// they were read; s-maxage must not run past that.
+			if w := want[i]; strings.Contains(w, "≤3") {
+				ok := false
+				for n := range 4 {
+					ok = ok || a.cacheControl == strings.ReplaceAll(w, "≤3", strconv.Itoa(n))
+				}
+				if !ok {
+					t.Errorf("GET %s (key %.8s): %q; want %q", a.path, a.key, a.cacheControl, w)
+				}
+			} else if a.cacheControl != w {
+				t.Errorf("GET %s (key %.8s): %q; want %q", a.path, a.key, a.cacheControl, w)
+			}
+		}
+	}
+	// Refusals are never cacheable.
+	refusals := []string{"401 no-store", "403 no-store", "404 no-store", "400 no-store"}
+	t.Run("off", func(t *testing.T) {
+		check(t, answers(t), append([]string{"200 max-age=30", "200 max-age=≤3", "200 max-age=≤3"}, refusals...)...)
+	})
+	t.Run("5s", func(t *testing.T) {
+		check(t, answers(t, "-shared-cache-max-age", "5s"), append([]string{
+			"200 public, max-age=5, s-maxage=5",
+			"200 public, max-age=≤3, s-maxage=≤3",
+			"200 public, max-age=≤3, s-maxage=≤3",
+		}, refusals...)...)
+	})
 }
