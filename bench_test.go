@@ -222,14 +222,23 @@ func BenchmarkSnapshotRebuild(b *testing.B) {
 	}
 }
 
+// seededReadModel returns a store holding n active events and a read model over it.
+func seededReadModel(b *testing.B, n int) (*store, *readModel) {
+	st := newTestStore(b)
+	now := time.Now()
+	seedEvents(b, st, n, "Event", now.Add(-time.Hour), now.Add(time.Hour))
+	rm, err := newReadModel(context.Background(), st, time.Now, newLogger("text", io.Discard))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st, rm
+}
+
 func BenchmarkIncrementalWrite(b *testing.B) {
 	// What a write costs the read model: a snapshot copy with one event changed.
 	for _, n := range []int{1000, 100_000} {
 		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
-			st := newTestStore(b)
-			now := time.Now()
-			seedEvents(b, st, n, "Event", now.Add(-time.Hour), now.Add(time.Hour))
-			rm, _ := newReadModel(context.Background(), st, time.Now, newLogger("text", io.Discard))
+			_, rm := seededReadModel(b, n)
 			e := slices.Collect(rm.snapshot().ordered.all())[n/2].Event
 			b.ReportAllocs()
 			for b.Loop() {
@@ -284,10 +293,7 @@ func BenchmarkListEventsEncode(b *testing.B) {
 func BenchmarkRemoteChange(b *testing.B) {
 	for _, n := range []int{1000, 100_000} {
 		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
-			st := newTestStore(b)
-			now := time.Now()
-			seedEvents(b, st, n, "Event", now.Add(-time.Hour), now.Add(time.Hour))
-			rm, _ := newReadModel(context.Background(), st, time.Now, newLogger("text", io.Discard))
+			st, rm := seededReadModel(b, n)
 			id := slices.Collect(rm.snapshot().ordered.all())[n/2].ID
 			ctx := context.Background()
 			b.ReportAllocs()
