@@ -89,6 +89,17 @@ func (t *dbTx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.
 	return t.Tx.QueryRowContext(ctx, rebind(t.pg, q), args...)
 }
 
+// consistentRead returns the options of a read-only transaction that reads several things that must agree,
+// such as the events generation and the events: on PostgreSQL, REPEATABLE READ, so that
+// every statement sees the same snapshot (READ COMMITTED gives each its own). SQLite's
+// read transactions see one snapshot already.
+func (st *store) consistentRead() *sql.TxOptions {
+	if st.pg {
+		return &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead}
+	}
+	return &sql.TxOptions{ReadOnly: true}
+}
+
 // forUpdate is what a read that a write depends on ends with: PostgreSQL locks the row
 // until the transaction ends, so that two writers of one event queue rather than both
 // reading the same version. SQLite's BEGIN IMMEDIATE already holds the database's one

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -122,7 +121,7 @@ type change struct {
 // the generation they bring a snapshot to: a cost in proportion to the writes, not to the
 // events. It returns errGap when it cannot account for every write since.
 func (st *store) ChangesSince(ctx context.Context, since int64) ([]change, int64, error) {
-	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := st.db.BeginTx(ctx, st.consistentRead())
 	if err != nil {
 		return nil, 0, storeError("read changes", err)
 	}

@@ -732,7 +732,7 @@ var errDryRun = errors.New("dry run")
 // transaction, in no particular order.
 func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	// A read-only transaction is a plain (deferred) BEGIN: it takes no write lock.
-	tx, err := st.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := st.db.BeginTx(ctx, st.consistentRead())
 	if err != nil {
 		return nil, 0, storeError("list events", err)
 	}
