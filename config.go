@@ -131,7 +131,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 
 // dbFlag registers the -db flag that the server and every subcommand share.
 func dbFlag(fs *flag.FlagSet, p *string, getenv func(string) string) {
-	fs.StringVar(p, "db", envOr(getenv, "LIVEOPS_DB", "liveops.db"), "SQLite database file, created if missing (env LIVEOPS_DB)")
+	fs.StringVar(p, "db", envOr(getenv, "LIVEOPS_DB", "liveops.db"), "SQLite database file, created if missing, or a postgres:// URL (env LIVEOPS_DB)")
+	// The help shows the default; a URL from the environment may hold a password.
+	fs.Lookup("db").DefValue = redactDSN(*p)
 }
 
 func envOr(getenv func(string) string, name, def string) string {
