@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -108,7 +110,9 @@ func (st *store) RevokeKey(ctx context.Context, id string) error {
 // stored one is ignored, so out-of-order flushes never move last_used_at backwards.
 func (st *store) TouchKeys(ctx context.Context, used map[string]time.Time) error {
 	return st.inTx(ctx, "touch keys", func(tx *dbTx) error {
-		for id, t := range used {
+		// In id order, so that two instances flushing the same keys never deadlock.
+		for _, id := range slices.Sorted(maps.Keys(used)) {
+			t := used[id]
 			if _, err := tx.ExecContext(ctx,
 				`UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`,
 				t.UnixNano(), id, t.UnixNano()); err != nil {
