@@ -22,6 +22,7 @@ const (
 	rolePublic    role = ""
 	roleHTTPUser  role = "http_user"
 	roleGRPCAdmin role = "grpc_admin"
+	roleMetrics   role = "metrics" // reads /metrics: for Prometheus
 )
 
 // routeRoles says which role each HTTP route needs. addRoutes refuses to register a route

@@ -299,7 +299,7 @@ func parseImportedEvent(raw json.RawMessage) (Event, fieldErrors) {
 }
 
 const keysUsage = `usage:
-  liveops keys create -role http_user|grpc_admin [-name NAME] [-expires 30d] [-db FILE]
+  liveops keys create -role http_user|grpc_admin|metrics [-name NAME] [-expires 30d] [-db FILE]
   liveops keys list [-db FILE]
   liveops keys revoke [-db FILE] ID
 
@@ -323,7 +323,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 
 	switch cmd {
 	case "create":
-		r := fs.String("role", "", "the key's role: http_user (HTTP reads) or grpc_admin (gRPC admin)")
+		r := fs.String("role", "", "the key's role: http_user (HTTP reads), grpc_admin (gRPC admin) or metrics (GET /metrics)")
 		name := fs.String("name", "", "a note saying who or what the key is for")
 		var expires time.Duration
 		fs.Var(daysDuration{&expires}, "expires", "lifetime, such as 30d or 12h; 0 means the key never expires")
@@ -334,7 +334,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 			return errors.New("keys create: -expires must not be negative")
 		}
 		if _, ok := roleTags[role(*r)]; !ok {
-			return fmt.Errorf("keys create: -role must be http_user or grpc_admin, got %q", *r)
+			return fmt.Errorf("keys create: -role must be http_user, grpc_admin or metrics, got %q", *r)
 		}
 		if !databaseExists(*db) {
 			// Making the database here is how a new install gets its first keys; a typo in

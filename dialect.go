@@ -194,6 +194,11 @@ var postgresSchema = []string{
 	CREATE INDEX event_revisions_by_time ON event_revisions (at, event_id, revision);
 	CREATE INDEX event_revisions_by_key ON event_revisions (key_id, at);
 	CREATE INDEX event_revisions_by_generation ON event_revisions (generation);`,
+	// 2: the metrics role.
+	`ALTER TABLE api_keys DROP CONSTRAINT api_keys_role_check;
+	ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_check CHECK (role IN ('http_user', 'grpc_admin', 'metrics'));`,
+	// 3: the trace each write came from.
+	`ALTER TABLE event_revisions ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';`,
 }
 
 // migratePostgres brings a PostgreSQL schema up to date in one transaction. An advisory

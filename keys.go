@@ -25,10 +25,10 @@ const (
 	base62         = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
-// keyLen is the longest a key can be: an admin key.
-const keyLen = len(keyPrefix+"admin_") + keyRandomLen + 1 + keyChecksumLen
+// keyLen is the longest a key can be: a metrics key.
+const keyLen = len(keyPrefix+"metrics_") + keyRandomLen + 1 + keyChecksumLen
 
-var roleTags = map[role]string{roleHTTPUser: "user", roleGRPCAdmin: "admin"}
+var roleTags = map[role]string{roleHTTPUser: "user", roleGRPCAdmin: "admin", roleMetrics: "metrics"}
 
 // isBase62 answers "is this byte a base62 digit?" for checkKeyFormat, without a search.
 var isBase62 = func() (t [256]bool) {
@@ -55,7 +55,7 @@ type apiKey struct {
 func newKey(r role, name string, now time.Time, ttl time.Duration) (secret string, k apiKey, err error) {
 	tag, ok := roleTags[r]
 	if !ok {
-		return "", apiKey{}, fmt.Errorf("unknown role %q: want http_user or grpc_admin", r)
+		return "", apiKey{}, fmt.Errorf("unknown role %q: want http_user, grpc_admin or metrics", r)
 	}
 	var b strings.Builder
 	b.WriteString(keyPrefix + tag + "_")
@@ -115,7 +115,7 @@ func checkKeyFormat(s string) bool {
 	}
 	rest := s[len(keyPrefix):]
 	tag, rest, ok := strings.Cut(rest, "_")
-	if !ok || (tag != "user" && tag != "admin") {
+	if !ok || (tag != "user" && tag != "admin" && tag != "metrics") {
 		return false
 	}
 	if len(rest) != keyRandomLen+1+keyChecksumLen || rest[keyRandomLen] != '_' {

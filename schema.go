@@ -75,6 +75,23 @@ var migrations = []string{
 	// highest version needs no JSON function (which each engine spells differently).
 	`ALTER TABLE event_revisions ADD COLUMN version INTEGER;
 	UPDATE event_revisions SET version = json_extract(event, '$.version');`,
+	// 8: a third role, metrics, for Prometheus. SQLite cannot alter a CHECK constraint, so
+	// the table is rebuilt, as https://sqlite.org/lang_altertable.html describes.
+	`CREATE TABLE api_keys_new (
+		id           TEXT PRIMARY KEY,
+		hash         BLOB NOT NULL UNIQUE,
+		role         TEXT NOT NULL CHECK (role IN ('http_user', 'grpc_admin', 'metrics')),
+		name         TEXT NOT NULL DEFAULT '',
+		created_at   INTEGER NOT NULL,
+		last_used_at INTEGER,
+		revoked_at   INTEGER,
+		expires_at   INTEGER
+	);
+	INSERT INTO api_keys_new SELECT id, hash, role, name, created_at, last_used_at, revoked_at, expires_at FROM api_keys;
+	DROP TABLE api_keys;
+	ALTER TABLE api_keys_new RENAME TO api_keys;`,
+	// 9: the trace each write came from, so the audit log can name it ('' when unknown).
+	`ALTER TABLE event_revisions ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes
