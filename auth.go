@@ -33,6 +33,7 @@ var routeRoles = map[string]role{
 	"GET /healthz":     rolePublic,
 	"GET /events":      roleHTTPUser,
 	"GET /events/{id}": roleHTTPUser,
+	"GET /metrics":     roleMetrics,
 	// CORS preflights: browsers never send a key with them (see cors.go). With CORS off
 	// they answer 405 as the catch-alls do.
 	"OPTIONS /events":      rolePublic,
@@ -44,6 +45,7 @@ var routeRoles = map[string]role{
 	"/healthz":     rolePublic,
 	"/events":      rolePublic,
 	"/events/{id}": rolePublic,
+	"/metrics":     rolePublic,
 }
 
 // rpcRoles says which role each gRPC method needs. A method missing from it, including one
@@ -248,6 +250,7 @@ func (e *authError) Error() string { return e.msg }
 type guard struct {
 	keys    *keyring
 	limiter *failureLimiter
+	stats   *authMetrics
 }
 
 // authorize returns the caller's key when it may call something that needs role need.
@@ -273,8 +276,10 @@ func (g *guard) authorize(ctx context.Context, addr string, authorization []stri
 	case !isKeyRefusal(err):
 		return nil, err // the database could not say: not the caller's fault, and not a guess
 	case wait > 0 && err != errNoKey:
+		g.stats.refused(errThrottled)
 		return nil, &authError{authThrottled, "too many failed authentications from this address; retry later", wait}
 	default:
+		g.stats.refused(err)
 		// A request with no key at all is a misconfigured client, not a guess: only keys
 		// that were presented and refused count towards the limit.
 		if err != errNoKey {
@@ -283,6 +288,7 @@ func (g *guard) authorize(ctx context.Context, addr string, authorization []stri
 		return nil, &authError{kind: authUnauthenticated, msg: err.Error()}
 	}
 	if k.Role != need {
+		g.stats.refused(errWrongRole)
 		return k, &authError{kind: authForbidden, msg: fmt.Sprintf(errWrongRoleFmt, need, k.Role)}
 	}
 	return k, nil

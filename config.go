@@ -29,6 +29,8 @@ type config struct {
 	// pgNotify turns on PostgreSQL's change feed (LISTEN/NOTIFY); polling remains.
 	pgNotify    bool
 	corsOrigins []string // origins whose pages may read the player routes; none turns CORS off
+	// metricsAddr, when set, is a second listener serving GET /metrics without a key.
+	metricsAddr string
 	limits      limits
 }
 
@@ -74,6 +76,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		"let shared caches (a proxy in front, a CDN) keep players' GET /events answers for up to this long, at most 30s: Cache-Control: public, s-maxage (env LIVEOPS_SHARED_CACHE_MAX_AGE; 0, the default, keeps them private)")
 	fs.BoolVar(&cfg.pgNotify, "pg-notify", getenv("LIVEOPS_PG_NOTIFY") != "false",
 		"on PostgreSQL, hear other instances' writes at once through LISTEN/NOTIFY; polling every -reload-interval remains (env LIVEOPS_PG_NOTIFY=false turns it off, as for CockroachDB)")
+	fs.StringVar(&cfg.metricsAddr, "metrics-addr", getenv("LIVEOPS_METRICS_ADDR"),
+		"also serve GET /metrics, without a key, on this address, such as 127.0.0.1:9464 or a private interface: for scrapers that cannot send a bearer key; never a public one (env LIVEOPS_METRICS_ADDR)")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
 	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")

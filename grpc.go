@@ -533,7 +533,7 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) *status.Sta
 // UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED at once, whatever it sends
 // after. It refuses codecs liveops does not serve, bounds the calls in flight, and writes
 // one access-log line for every call it answers, grpc-go's own refusals included.
-func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int, log *logger) http.Handler {
+func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, reqs *requestMetrics, maxHeaderBytes int, log *logger) http.Handler {
 	streams := streamingMethods(gs)
 	// Health calls need no key, so anyone can open them: they get a small bound of their
 	// own, and cannot take the slots of keyed calls.
@@ -567,6 +567,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int,
 				return status.Newf(codes.Unimplemented, "content-type application/grpc+%s is not served: liveops speaks application/grpc (protobuf)", sub)
 			}
 			if !bound.acquire() {
+				reqs.shedGRPC.Inc()
 				return status.New(codes.Unavailable, errTooBusy.Error())
 			}
 			return nil
@@ -601,6 +602,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int,
 			failed: code == codes.Internal || code == codes.Unknown || code == codes.DataLoss}
 		e.took = e.end.Sub(start)
 		log.access(e.from(info))
+		reqs.observeRPC(method, code, e.took)
 	})
 }
 

@@ -50,19 +50,19 @@ func scanKey(s scanner) (apiKey, error) {
 func (st *store) Keys(ctx context.Context) ([]apiKey, error) {
 	rows, err := st.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM api_keys ORDER BY created_at, id`)
 	if err != nil {
-		return nil, storeError("list keys", err)
+		return nil, st.storeError("list keys", err)
 	}
 	defer rows.Close()
 	var keys []apiKey
 	for rows.Next() {
 		k, err := scanKey(rows)
 		if err != nil {
-			return nil, storeError("list keys", err)
+			return nil, st.storeError("list keys", err)
 		}
 		keys = append(keys, k)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, storeError("list keys", err)
+		return nil, st.storeError("list keys", err)
 	}
 	return keys, nil
 }
@@ -74,7 +74,7 @@ func (st *store) KeyByHash(ctx context.Context, hash [sha256.Size]byte) (apiKey,
 		return apiKey{}, &notFoundError{"no such key"}
 	}
 	if err != nil {
-		return apiKey{}, storeError("get key", err)
+		return apiKey{}, st.storeError("get key", err)
 	}
 	return k, nil
 }
@@ -83,7 +83,7 @@ func (st *store) KeyByHash(ctx context.Context, hash [sha256.Size]byte) (apiKey,
 func (st *store) HasKeys(ctx context.Context) (bool, error) {
 	var n int
 	if err := st.db.QueryRowContext(ctx, `SELECT count(*) FROM api_keys`).Scan(&n); err != nil {
-		return false, storeError("count keys", err)
+		return false, st.storeError("count keys", err)
 	}
 	return n > 0, nil
 }

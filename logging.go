@@ -117,6 +117,9 @@ type requestInfo struct {
 	mu     sync.Mutex
 	caller *keyEntry
 	reason string
+	// route is what an HTTP request is counted under, set by the route that serves it;
+	// nil until one does.
+	route *routeMetrics
 }
 
 func (info *requestInfo) setCaller(k *keyEntry) {

@@ -26,12 +26,14 @@ type readModel struct {
 	log   *logger
 	zones *zones
 
-	mu   sync.Mutex // serialises replacing snap
-	snap atomic.Pointer[snapshot]
+	mu    sync.Mutex // serialises replacing snap
+	snap  atomic.Pointer[snapshot]
+	stats *readModelMetrics
 }
 
 func newReadModel(ctx context.Context, st *store, now func() time.Time, log *logger) (*readModel, error) {
 	rm := &readModel{st: st, now: now, log: log, zones: new(zones)}
+	rm.stats = newReadModelMetrics(rm)
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	if err := rm.load(ctx); err != nil {
@@ -42,11 +44,14 @@ func newReadModel(ctx context.Context, st *store, now func() time.Time, log *log
 
 // load replaces the snapshot with the database's events. rm.mu must be held.
 func (rm *readModel) load(ctx context.Context) error {
+	start := time.Now()
 	events, gen, err := rm.st.Events(ctx)
 	if err != nil {
 		return err
 	}
-	rm.snap.Store(newSnapshot(gen, events, rm.now(), rm.zones))
+	now := rm.now()
+	rm.snap.Store(newSnapshot(gen, events, now, rm.zones))
+	rm.stats.rebuilt("load", time.Since(start), now)
 	return nil
 }
 
@@ -64,7 +69,9 @@ func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID
 	switch {
 	case gen <= cur.gen: // a catch-up already picked it up
 	case gen == cur.gen+1:
+		start := time.Now()
 		rm.snap.Store(cur.with(gen, e, deletedID))
+		rm.stats.rebuilt("write", time.Since(start), rm.now())
 	default:
 		// Writes by other processes came in between: catch up on them, this one included.
 		if err := rm.catchUp(ctx, cur); err != nil {
@@ -78,6 +85,7 @@ func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID
 // events written since, or, when the revision log cannot say what those were, by reloading
 // every event. rm.mu must be held.
 func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) error {
+	start := time.Now()
 	changes, gen, err := rm.st.ChangesSince(ctx, cur.gen)
 	if errors.Is(err, errGap) {
 		return rm.load(ctx)
@@ -93,6 +101,9 @@ func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) error {
 		next = &snapshot{zones: next.zones, gen: gen, builtAt: next.builtAt, ordered: next.ordered, byID: next.byID, open: next.open}
 	}
 	rm.snap.Store(next)
+	now := rm.now()
+	rm.stats.rebuilt("catch_up", time.Since(start), now)
+	rm.stats.propagated(changes, now)
 	return nil
 }
 
@@ -109,9 +120,11 @@ func (rm *readModel) refresh(ctx context.Context) error {
 	if gen != cur.gen {
 		return rm.catchUp(ctx, cur)
 	}
-	if now := rm.now(); now.Sub(cur.builtAt) >= pruneEvery {
+	now := rm.now()
+	if now.Sub(cur.builtAt) >= pruneEvery {
 		rm.snap.Store(cur.pruned(now))
 	}
+	rm.stats.checked(now)
 	return nil
 }
 

@@ -48,19 +48,19 @@ func scanRevision(s scanner) (revision, error) {
 func (st *store) queryRevisions(ctx context.Context, where string, args ...any) ([]revision, error) {
 	rows, err := st.db.QueryContext(ctx, revisionSelect+" "+where, args...)
 	if err != nil {
-		return nil, storeError("list revisions", err)
+		return nil, st.storeError("list revisions", err)
 	}
 	defer rows.Close()
 	var out []revision
 	for rows.Next() {
 		r, err := scanRevision(rows)
 		if err != nil {
-			return nil, storeError("list revisions", err)
+			return nil, st.storeError("list revisions", err)
 		}
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, storeError("list revisions", err)
+		return nil, st.storeError("list revisions", err)
 	}
 	return out, nil
 }
@@ -113,8 +113,9 @@ const maxChanges = 1000
 // change is an event written since some generation: as it is now, or deleted.
 type change struct {
 	id      string
-	event   *Event // nil: deleted
-	lastGen int64  // the generation of the last write to it
+	event   *Event    // nil: deleted
+	lastGen int64     // the generation of the last write to it
+	at      time.Time // when that write was made, by the writer's clock
 }
 
 // ChangesSince returns the events written after generation since, as they stand now, and
@@ -123,44 +124,44 @@ type change struct {
 func (st *store) ChangesSince(ctx context.Context, since int64) ([]change, int64, error) {
 	tx, err := st.db.BeginTx(ctx, st.consistentRead())
 	if err != nil {
-		return nil, 0, storeError("read changes", err)
+		return nil, 0, st.storeError("read changes", err)
 	}
 	defer tx.Rollback()
 	var gen int64
 	if err := tx.QueryRowContext(ctx, generationQuery).Scan(&gen); err != nil {
-		return nil, 0, storeError("read changes", err)
+		return nil, 0, st.storeError("read changes", err)
 	}
 	if gen-since > maxChanges || gen < since {
 		return nil, 0, errGap
 	}
 	rows, err := tx.QueryContext(ctx,
-		`SELECT generation, event_id FROM event_revisions WHERE generation > ? ORDER BY generation`, since)
+		`SELECT generation, event_id, at FROM event_revisions WHERE generation > ? ORDER BY generation`, since)
 	if err != nil {
-		return nil, 0, storeError("read changes", err)
+		return nil, 0, st.storeError("read changes", err)
 	}
 	defer rows.Close()
 	var changes []change
 	last := map[string]int{} // id -> index in changes
 	seen := since
 	for rows.Next() {
-		var g int64
+		var g, at int64
 		var id string
-		if err := rows.Scan(&g, &id); err != nil {
-			return nil, 0, storeError("read changes", err)
+		if err := rows.Scan(&g, &id, &at); err != nil {
+			return nil, 0, st.storeError("read changes", err)
 		}
 		if g != seen+1 {
 			return nil, 0, errGap
 		}
 		seen = g
 		if i, ok := last[id]; ok {
-			changes[i].lastGen = g
+			changes[i].lastGen, changes[i].at = g, fromNanos(at)
 			continue
 		}
 		last[id] = len(changes)
-		changes = append(changes, change{id: id, lastGen: g})
+		changes = append(changes, change{id: id, lastGen: g, at: fromNanos(at)})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, storeError("read changes", err)
+		return nil, 0, st.storeError("read changes", err)
 	}
 	if seen != gen {
 		return nil, 0, errGap
@@ -171,7 +172,7 @@ func (st *store) ChangesSince(ctx context.Context, since int64) ([]change, int64
 		case err == nil:
 			changes[i].event = &e
 		case !errors.Is(err, errNotFound):
-			return nil, 0, storeError("read changes", err)
+			return nil, 0, st.storeError("read changes", err)
 		}
 	}
 	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.lastGen, b.lastGen) })
@@ -186,5 +187,5 @@ const generationQuery = `SELECT value FROM meta WHERE name = 'events_generation'
 func (st *store) Generation(ctx context.Context) (int64, error) {
 	var gen int64
 	err := st.db.QueryRowContext(ctx, generationQuery).Scan(&gen)
-	return gen, storeError("read generation", err)
+	return gen, st.storeError("read generation", err)
 }

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +71,21 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 		return err
 	}
 	srv := newHTTPServer(svc.handler, cfg.limits, log)
+	var metricsSrv *http.Server
+	if cfg.metricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.metricsAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", svc.metrics)
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: cfg.limits.readHeaderTimeout,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go metricsSrv.Serve(mln)
+		defer metricsSrv.Close()
+		log.Info("serving metrics without a key", "addr", mln.Addr().String())
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "db", redactDSN(cfg.db), "tls", cfg.tlsCert != "")
 
 	// The watcher outlives ctx by a little: it stops only after the server has, so that its
@@ -139,6 +156,7 @@ type service struct {
 	grpc    *grpc.Server
 	health  *health.Server
 	handler http.Handler // both protocols, on one port
+	metrics http.Handler // GET /metrics, without the key check: for -metrics-addr
 	// shutdown is closed when the server starts shutting down, ending gRPC streams.
 	shutdown chan struct{}
 }
@@ -153,16 +171,21 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 		return nil, err
 	}
 	lim := cfg.limits
-	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now)}
+	auth := newAuthMetrics(kr)
+	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now), stats: auth}
 	shutdown := make(chan struct{})
 	gs, hs := newGRPCServer(st, rm, lim, shutdown, log)
 	ready := newReadiness(st, hs, log)
 	inflight := &inFlight{max: int64(lim.maxInFlight)}
+
+	reg := newRegistry(st.stats, rm.stats, auth, inFlightGauge(inflight))
+	reqs := newRequestMetrics(reg, slices.Collect(maps.Keys(routeRoles)), slices.Collect(maps.Keys(rpcRoles)))
+	metrics := metricsHandler(reg, log)
 	mux := http.NewServeMux()
-	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes),
+	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), reqs, metrics,
 		cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
-	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown,
-		handler: newHandler(mux, grpcGate(gs, g, inflight, lim.maxHeaderBytes, log), inflight, lim, log)}, nil
+	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown, metrics: metrics,
+		handler: newHandler(mux, grpcGate(gs, g, inflight, reqs, lim.maxHeaderBytes, log), inflight, reqs, lim, log)}, nil
 }
 
 // The answer cache's bounds: enough for every variant a game's clients ask in one second,
@@ -298,10 +321,10 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 // newHandler returns the one handler that serves both protocols on one port: HTTP/2
 // requests with a gRPC content type go to grpcGate and on to the gRPC server, everything
 // else to the mux. It bounds, for both, the header block and the requests in flight.
-func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim limits, log *logger) http.Handler {
-	httpHandler := logRequests(log, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, mux)))
+func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, reqs *requestMetrics, lim limits, log *logger) http.Handler {
+	httpHandler := logRequests(log, reqs, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, reqs, mux)))
 	refuse := func(status int, msg string) http.Handler {
-		return logRequests(log, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		return logRequests(log, reqs, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, &httpError{status, msg})
 		})))
 	}
@@ -326,7 +349,7 @@ func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim
 // limitRequests refuses, before any route runs, a request whose header block is over
 // maxHeaderBytes (431; net/http itself lets up to 4 KiB more through) and, but for the
 // health probes, one that would take the requests in flight past their bound (503).
-func limitRequests(maxHeaderBytes int, inflight *inFlight, next http.Handler) http.Handler {
+func limitRequests(maxHeaderBytes int, inflight *inFlight, reqs *requestMetrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n := headerBytes(r); n > maxHeaderBytes {
 			w.Header().Set("Connection", "close")
@@ -338,6 +361,7 @@ func limitRequests(maxHeaderBytes int, inflight *inFlight, next http.Handler) ht
 		// the instance is.
 		if p := r.URL.Path; p != "/livez" && p != "/readyz" && p != "/healthz" {
 			if !inflight.acquire() {
+				reqs.shedHTTP.Inc()
 				w.Header().Set("Retry-After", "1")
 				writeError(w, r, &httpError{http.StatusServiceUnavailable, errTooBusy.Error()})
 				return
@@ -373,7 +397,8 @@ func isGRPC(contentType string) bool {
 // routeRoles panics, so no route ships without a decision about who may call it. The
 // routes for players' keys are the ones browser games call, so they follow the CORS
 // policy c, errors included.
-func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache, allowTimeTravel bool, sharedMaxAge time.Duration, c cors) {
+func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache,
+	reqs *requestMetrics, metrics http.Handler, allowTimeTravel bool, sharedMaxAge time.Duration, c cors) {
 	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
@@ -390,7 +415,7 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 			// unknown parameter) can be read by the page too.
 			h = c.share(h)
 		}
-		mux.Handle(pattern, h)
+		mux.Handle(pattern, countAs(reqs.route(pattern), h))
 	}
 	handle("GET /livez", nil, handleLivez())
 	handle("GET /readyz", nil, handleReadyz(ready))
@@ -400,6 +425,7 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	// Browsers ask these, without a key, before a GET from another origin that sends one.
 	handle("OPTIONS /events", nil, c.preflight("GET, HEAD"))
 	handle("OPTIONS /events/{id}", nil, c.preflight("GET, HEAD"))
+	handle("GET /metrics", nil, metrics)
 
 	// The ServeMux answers 404 and 405 in plain text; these give them the JSON error shape.
 	handle("/livez", nil, handleMethodNotAllowed("GET, HEAD"))
@@ -407,7 +433,23 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	handle("/healthz", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/events", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/events/{id}", nil, handleMethodNotAllowed("GET, HEAD"))
+	handle("/metrics", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/", nil, handleNotFound())
+}
+
+// countAs notes in the request's info that it is counted under route m, for the access
+// log's metrics (see logRequests). The HTTP handlers run one after another in one
+// goroutine, so the note needs no lock.
+func countAs(m *routeMetrics, next http.Handler) http.Handler {
+	if m == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if info := infoFrom(r.Context()); info != nil {
+			info.route = m
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // refuseBody answers 400 to a GET that carries a body. The body is never read, and the
@@ -467,7 +509,7 @@ var recorders = sync.Pool{New: func() any { return new(statusRecorder) }}
 
 // logRequests writes one access-log line per HTTP request, with what the handlers noted in
 // its context: the key that called and, for a refusal, why.
-func logRequests(log *logger, next http.Handler) http.Handler {
+func logRequests(log *logger, reqs *requestMetrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := recorders.Get().(*statusRecorder)
@@ -481,8 +523,9 @@ func logRequests(log *logger, next http.Handler) http.Handler {
 			status: rec.status, failed: rec.status >= 500 && rec.status != http.StatusServiceUnavailable}
 		e.took = e.end.Sub(start)
 		log.access(e.from(&rec.info))
+		reqs.observeHTTP(rec.info.route, rec.status, e.took)
 		// The request is over: nothing holds rec or its info any more.
-		rec.ResponseWriter, rec.status, rec.info.caller, rec.info.reason = nil, 0, nil, ""
+		rec.ResponseWriter, rec.status, rec.info.caller, rec.info.reason, rec.info.route = nil, 0, nil, "", nil
 		recorders.Put(rec)
 	})
 }

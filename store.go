@@ -35,6 +35,7 @@ type store struct {
 	// then fail at once, as they would on any connection opened since, rather than
 	// succeeding now and then on one opened before the fault.
 	readOnly atomic.Bool
+	stats    *storeMetrics
 }
 
 // Errors the store returns. Each protocol maps them to its own status in one place.
@@ -160,7 +161,7 @@ func newStore(driver, dsn string, now func() time.Time) (*store, error) {
 		return nil, err
 	}
 	probe.SetMaxIdleConns(0)
-	return &store{db: &db{DB: main, pg: pg}, now: now, pg: pg, probe: &db{DB: probe, pg: pg}}, nil
+	return &store{db: &db{DB: main, pg: pg}, now: now, pg: pg, probe: &db{DB: probe, pg: pg}, stats: newStoreMetrics(main)}, nil
 }
 
 // checkDatabaseDir makes sure the directory that will hold the database exists and takes
@@ -202,7 +203,7 @@ func (st *store) CheckWritable(ctx context.Context) error {
 		_, err = tx.ExecContext(ctx, `UPDATE meta SET value = value WHERE name = 'events_generation'`)
 		tx.Rollback()
 	}
-	err = storeError("check writable", err)
+	err = st.storeError("check writable", err)
 	st.readOnly.Store(errors.Is(err, errReadOnly))
 	return err
 }
@@ -223,8 +224,9 @@ const defaultMaxIdleConns = 2
 // connections are dropped, so that writes recover by themselves once the fault clears.
 func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) error {
 	if st.readOnly.Load() {
-		return storeError(op, errReadOnly)
+		return st.storeError(op, errReadOnly)
 	}
+	start := time.Now()
 	tx, err := st.db.BeginTx(ctx, nil)
 	if err == nil {
 		if err = fn(tx); err == nil {
@@ -232,8 +234,9 @@ func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) e
 		} else {
 			tx.Rollback()
 		}
+		st.stats.observeTx(op, time.Since(start))
 	}
-	err = storeError(op, err)
+	err = st.storeError(op, err)
 	if errors.Is(err, errReadOnly) {
 		st.DiscardIdleConnections()
 	}
@@ -242,15 +245,19 @@ func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) e
 
 // storeError wraps err with op, turning the engine's busy, full, read-only and unreachable
 // conditions into errBusy, errFull, errReadOnly and errUnavailable (see classify), so that
-// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED. A nil err stays nil.
-func storeError(op string, err error) error {
+// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED, and counts those conditions. A nil
+// err stays nil.
+func (st *store) storeError(op string, err error) error {
 	if err == nil {
 		return nil
 	}
 	if known := classify(err); known != nil && !errors.Is(err, known) {
-		return fmt.Errorf("%s: %w (%v)", op, known, err)
+		err = fmt.Errorf("%s: %w (%v)", op, known, err)
+	} else {
+		err = fmt.Errorf("%s: %w", op, err)
 	}
-	return fmt.Errorf("%s: %w", op, err)
+	st.stats.countError(err)
+	return err
 }
 
 // ping reports whether the database answers a query that reads a table.
@@ -272,7 +279,7 @@ func (st *store) Backup(ctx context.Context, path string) error {
 		return fmt.Errorf("backup: %w", err)
 	}
 	_, err := st.db.ExecContext(ctx, `VACUUM INTO ?`, path)
-	return storeError("backup", err)
+	return st.storeError("backup", err)
 }
 
 // dataVersion returns a number that changes whenever another connection, in this process or
@@ -400,7 +407,7 @@ func getEventSuffix(ctx context.Context, q querier, id, suffix string) (Event, e
 // WhyMissing returns a *notFoundError that says why there is no event with id: it never
 // existed, or it was deleted and can be restored.
 func (st *store) WhyMissing(ctx context.Context, id string) error {
-	return storeError("get event", missingEvent(ctx, st.db, id))
+	return st.storeError("get event", missingEvent(ctx, st.db, id))
 }
 
 // missingEvent explains why there is no event with id: it never existed, or it was deleted
@@ -734,30 +741,30 @@ func (st *store) Events(ctx context.Context) ([]Event, int64, error) {
 	// A read-only transaction is a plain (deferred) BEGIN: it takes no write lock.
 	tx, err := st.db.BeginTx(ctx, st.consistentRead())
 	if err != nil {
-		return nil, 0, storeError("list events", err)
+		return nil, 0, st.storeError("list events", err)
 	}
 	defer tx.Rollback()
 	var gen int64
 	if err := tx.QueryRowContext(ctx, generationQuery).Scan(&gen); err != nil {
-		return nil, 0, storeError("list events", err)
+		return nil, 0, st.storeError("list events", err)
 	}
 	// A plain table scan reads pages in order; ORDER BY would walk an index and fetch every
 	// row from the table at random, several times slower for a large table.
 	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events`)
 	if err != nil {
-		return nil, 0, storeError("list events", err)
+		return nil, 0, st.storeError("list events", err)
 	}
 	defer rows.Close()
 	events := []Event{}
 	for rows.Next() {
 		e, err := scanEvent(rows)
 		if err != nil {
-			return nil, 0, storeError("list events", err)
+			return nil, 0, st.storeError("list events", err)
 		}
 		events = append(events, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, storeError("list events", err)
+		return nil, 0, st.storeError("list events", err)
 	}
 	return events, gen, nil
 }
