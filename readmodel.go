@@ -128,6 +128,10 @@ func (rm *readModel) refresh(ctx context.Context) error {
 	return nil
 }
 
+// current records that the database was just found to hold no event write the snapshot
+// lacks, for liveops_snapshot_staleness_seconds.
+func (rm *readModel) current() { rm.stats.checked(rm.now()) }
+
 // pruneEvery is how often refresh drops ended events from the open list.
 const pruneEvery = time.Minute
 

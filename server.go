@@ -261,6 +261,7 @@ func watchDatabase(ctx context.Context, st *store, kr *keyring, rm *readModel, l
 			return
 		}
 		if !ok && !retry {
+			rm.current()
 			return
 		}
 		retry = false
