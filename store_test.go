@@ -209,6 +209,63 @@ func TestStoreIdempotentCreate(t *testing.T) {
 	})
 }
 
+func TestImportBesideUpdatesNeverDeadlocks(t *testing.T) {
+	// An import locks its events one by one and bumps the generation after each; an update
+	// locks its event, then bumps the generation. Unless every write takes the generation
+	// first, an update that holds the import's next event and waits for the generation
+	// deadlocks with it on PostgreSQL, and one of them fails as busy. (SQLite has one write
+	// lock for the database and cannot deadlock like this; there, writers that never pause
+	// can keep the import waiting past busy_timeout, which is another matter.)
+	ctx := context.Background()
+	st := newTestStoreAt(t, testDSN(t, "postgres"))
+	var events []Event
+	for i := range 40 {
+		events = append(events, mustCreate(t, st, fmt.Sprintf("e%d", i), t0, t0.Add(time.Hour)))
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(done)
+		for round := range 5 {
+			file := make([]Event, len(events))
+			for i, e := range events {
+				file[i] = Event{ID: e.ID, Title: fmt.Sprintf("import %d of e%d", round, i), Start: t0, End: t0.Add(time.Hour)}
+				if err := file[i].validate(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			if _, _, err := st.Import(ctx, file, false); err != nil {
+				t.Errorf("import round %d: %v", round, err)
+				return
+			}
+		}
+	})
+	for w := range 4 {
+		wg.Go(func() {
+			// Walking the events backwards, the updates meet the import head on.
+			for n := 0; ; n++ {
+				for i := len(events) - 1; i >= 0; i-- {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					_, _, err := st.UpdateEvent(ctx, events[i].ID, "", func(e *Event) error {
+						e.Description = fmt.Sprintf("updater %d, pass %d", w, n)
+						return nil
+					})
+					if err != nil {
+						t.Errorf("update of e%d beside an import: %v", i, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
 func TestEventValidation(t *testing.T) {
 	valid := func() Event {
 		return Event{Title: "Festival", Description: "d", Start: t0, End: t0.Add(time.Hour), Rewards: `{"a":1}`}
