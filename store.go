@@ -242,13 +242,14 @@ func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) e
 
 // storeError wraps err with op, turning the engine's busy, full, read-only and unreachable
 // conditions into errBusy, errFull, errReadOnly and errUnavailable (see classify), so that
-// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED. A nil err stays nil.
+// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED. The engine's error stays in the
+// chain too, for errors.Is and errors.As. A nil err stays nil.
 func storeError(op string, err error) error {
 	if err == nil {
 		return nil
 	}
 	if known := classify(err); known != nil && !errors.Is(err, known) {
-		return fmt.Errorf("%s: %w (%v)", op, known, err)
+		return fmt.Errorf("%s: %w (%w)", op, known, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }

@@ -6,12 +6,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
 )
 
 // newTestStore opens a fresh database in a temporary directory.
@@ -264,6 +268,59 @@ func TestImportBesideUpdatesNeverDeadlocks(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestAnExpiredDeadlineIsNotAnOutage(t *testing.T) {
+	// A call whose own deadline ran out must say so, not report the database as unreachable:
+	// context.DeadlineExceeded is itself a net.Error, and pgx wraps it in a timeout.
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errUnavailable) {
+			t.Fatalf("err = %v; want context.DeadlineExceeded, not errUnavailable", err)
+		}
+		if s, _ := grpcStatus(err); s.Code() != codes.DeadlineExceeded {
+			t.Fatalf("gRPC status %v; want DeadlineExceeded", s.Code())
+		}
+		w := httptest.NewRecorder()
+		writeError(w, httptest.NewRequest("GET", "/events", nil), err)
+		if w.Code != http.StatusServiceUnavailable {
+			t.Fatalf("HTTP status %d; want 503", w.Code)
+		}
+	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		st := newTestStoreAt(t, dsn)
+		e := mustCreate(t, st, "late", t0, t0.Add(time.Hour))
+		keep := func(*Event) error { return nil }
+		expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+		defer cancel()
+		for _, tc := range []struct {
+			name string
+			call func(ctx context.Context) error
+		}{
+			{"update", func(ctx context.Context) error { _, _, err := st.UpdateEvent(ctx, e.ID, "", keep); return err }},
+			{"list", func(ctx context.Context) error { _, _, err := st.Events(ctx); return err }},
+			{"check writable", st.CheckWritable},
+		} {
+			t.Run(tc.name+" with an expired deadline", func(t *testing.T) { check(t, tc.call(expired)) })
+		}
+		if !st.pg {
+			return
+		}
+		t.Run("deadline passes while waiting for a row lock", func(t *testing.T) {
+			tx, err := st.db.BeginTx(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(context.Background(), `SELECT id FROM events WHERE id = ? FOR UPDATE`, e.ID); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			_, _, err = st.UpdateEvent(ctx, e.ID, "", keep)
+			check(t, err)
+		})
+	})
 }
 
 func TestEventValidation(t *testing.T) {
