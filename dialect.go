@@ -267,6 +267,13 @@ func classify(err error) error {
 		}
 		return nil
 	}
+	// A request whose own deadline ran out, or that was canceled, says nothing about the
+	// database: context.DeadlineExceeded is itself a net.Error (it has Timeout), and pgx
+	// reports a deadline that cut a query or a connect as a timeout wrapping it, so without
+	// this they would pass for a database that cannot be reached.
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return nil
+	}
 	var ne net.Error
 	var ce *pgconn.ConnectError
 	if errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, driver.ErrBadConn) ||

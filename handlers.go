@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -310,8 +311,10 @@ type fieldJSON struct {
 
 // writeError answers err as JSON with the status it maps to. This is the one place an
 // error becomes an HTTP status: validation problems are 400 naming each field, a missing
-// event 404, refused keys 401, 403 or 429 with the headers those need, and anything
-// unexpected 500 with a generic message, its cause going only to the access log.
+// event 404, refused keys 401, 403 or 429 with the headers those need, a database that is
+// busy or away 503, a request whose context ended first (its client went away) 503 too,
+// and anything unexpected 500 with a generic message, its cause going only to the access
+// log.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var body errorBody
 	status, msg := http.StatusInternalServerError, "internal error"
@@ -341,6 +344,10 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, msg = http.StatusNotFound, nf.msg
 	case errors.Is(err, errBusy), errors.Is(err, errReadOnly), errors.Is(err, errUnavailable):
 		status, msg = http.StatusServiceUnavailable, "the database is unavailable; retry shortly"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		// Not the server's failure, nor the database's: the access log shows it as a 503,
+		// not at level ERROR.
+		status, msg = http.StatusServiceUnavailable, "the request ran out of time or was canceled; retry shortly"
 	}
 	if status == http.StatusInternalServerError {
 		noteReason(r.Context(), err.Error())

@@ -28,24 +28,37 @@ func notifyChange(ctx context.Context, tx *dbTx) error {
 }
 
 // listenForChanges sends on nudge (without blocking) whenever another connection's write
-// commits, until ctx ends. When the connection fails it logs once and listens again after
-// a pause; writes missed meanwhile are found by the next poll.
-func listenForChanges(ctx context.Context, st *store, nudge chan<- struct{}, log *logger) {
+// commits, until ctx ends. When the connection fails it listens again after pause, until
+// it can; writes missed meanwhile are found by the next poll. It logs once when the feed
+// is lost and once when it is back, not at every retry, so that an outage of the database
+// does not fill the log.
+func listenForChanges(ctx context.Context, st *store, nudge chan<- struct{}, log *logger, pause time.Duration) {
+	lost := false
+	listening := func() {
+		if lost {
+			log.Info("change feed restored")
+			lost = false
+		}
+	}
 	for ctx.Err() == nil {
-		err := listenOnce(ctx, st, nudge)
+		err := listenOnce(ctx, st, nudge, listening)
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("change feed lost; listening again in a second (polls catch up meanwhile)", "err", err)
+		if !lost {
+			log.Warn("change feed lost; listening again until it is back (polls catch up meanwhile)", "retry", pause.String(), "err", err)
+			lost = true
+		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-time.After(pause):
 		}
 	}
 }
 
-// listenOnce holds one connection listening on changeChannel until it fails or ctx ends.
-func listenOnce(ctx context.Context, st *store, nudge chan<- struct{}) error {
+// listenOnce holds one connection listening on changeChannel until it fails or ctx ends,
+// calling listening once LISTEN has taken effect.
+func listenOnce(ctx context.Context, st *store, nudge chan<- struct{}, listening func()) error {
 	conn, err := st.db.Conn(ctx)
 	if err != nil {
 		return err
@@ -60,6 +73,7 @@ func listenOnce(ctx context.Context, st *store, nudge chan<- struct{}) error {
 		if _, err := pc.Exec(ctx, `LISTEN `+changeChannel); err != nil {
 			return err
 		}
+		listening()
 		// Anything committed before LISTEN took effect is for the poll to find; nudge
 		// once so that it looks now.
 		select {

@@ -94,7 +94,7 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 	var background sync.WaitGroup
 	nudge := make(chan struct{}, 1)
 	if st.pg && cfg.pgNotify {
-		background.Go(func() { listenForChanges(watchCtx, st, nudge, log) })
+		background.Go(func() { listenForChanges(watchCtx, st, nudge, log, time.Second) })
 	}
 	background.Go(func() {
 		watchDatabase(watchCtx, st, svc.keys, svc.events, log, cfg.reloadInterval, time.Minute, nudge)

@@ -245,14 +245,14 @@ func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) e
 
 // storeError wraps err with op, turning the engine's busy, full, read-only and unreachable
 // conditions into errBusy, errFull, errReadOnly and errUnavailable (see classify), so that
-// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED, and counts those conditions. A nil
-// err stays nil.
+// callers can answer UNAVAILABLE or RESOURCE_EXHAUSTED, and counts those conditions. The
+// engine's error stays in the chain too, for errors.Is and errors.As. A nil err stays nil.
 func (st *store) storeError(op string, err error) error {
 	if err == nil {
 		return nil
 	}
 	if known := classify(err); known != nil && !errors.Is(err, known) {
-		err = fmt.Errorf("%s: %w (%v)", op, known, err)
+		err = fmt.Errorf("%s: %w (%w)", op, known, err)
 	} else {
 		err = fmt.Errorf("%s: %w", op, err)
 	}
@@ -469,6 +469,20 @@ func lastVersion(ctx context.Context, tx *dbTx, id string) (int64, error) {
 	return v, err
 }
 
+// lockGeneration comes first in every transaction that writes events. On PostgreSQL it
+// locks the events generation's row until commit, so that event writers take turns and
+// take their locks in one order. Otherwise an import, which locks its events one by one
+// and bumps the generation after each, and an update that has locked one of those events
+// and waits for the generation would each wait for the other, and one would fail with a
+// deadlock. SQLite's BEGIN IMMEDIATE already makes writers take turns.
+func lockGeneration(ctx context.Context, tx *dbTx) error {
+	if !tx.pg {
+		return nil
+	}
+	var gen int64
+	return tx.QueryRowContext(ctx, generationQuery+` FOR UPDATE`).Scan(&gen)
+}
+
 // recordWrite records a write to e made at at: a revision, numbered after the event's last
 // one and attributed to the actor in ctx, holding e as JSON; and one more events
 // generation, which it returns. Every write to events calls it before committing.
@@ -476,8 +490,8 @@ func lastVersion(ctx context.Context, tx *dbTx, id string) (int64, error) {
 // The revision carries the generation, so that a server holding an older snapshot can
 // read what changed since (see ChangesSince) instead of every event.
 //
-// Bumping the generation first also makes writers take turns from here on: PostgreSQL holds
-// the meta row's lock until commit, so revision numbers and generations never collide.
+// Writers take turns at the generation (see lockGeneration), so revision numbers and
+// generations never collide.
 func recordWrite(ctx context.Context, tx *dbTx, action string, at time.Time, e Event) (int64, error) {
 	var gen int64
 	if err := tx.QueryRowContext(ctx,
@@ -513,6 +527,9 @@ func (st *store) CreateEvent(ctx context.Context, e Event, requestID string) (Ev
 	fingerprint := e.fingerprint()
 	var gen int64
 	create := func(tx *dbTx) error {
+		if err := lockGeneration(ctx, tx); err != nil {
+			return err
+		}
 		if requestID != "" {
 			var seen []byte
 			var eventID string
@@ -585,6 +602,9 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, change func(*
 	var e Event
 	var gen int64
 	err := st.inTx(ctx, "update event", func(tx *dbTx) error {
+		if err := lockGeneration(ctx, tx); err != nil {
+			return err
+		}
 		cur, err := getEventToWrite(ctx, tx, id)
 		if err != nil {
 			return err
@@ -610,6 +630,9 @@ func (st *store) UpdateEvent(ctx context.Context, id, etag string, change func(*
 func (st *store) DeleteEvent(ctx context.Context, id, etag string) (int64, error) {
 	var gen int64
 	err := st.inTx(ctx, "delete event", func(tx *dbTx) error {
+		if err := lockGeneration(ctx, tx); err != nil {
+			return err
+		}
 		e, err := getEventToWrite(ctx, tx, id)
 		if err != nil {
 			return err
@@ -636,6 +659,9 @@ func (st *store) RestoreEvent(ctx context.Context, id string, rev int64, etag st
 	var e Event
 	var gen int64
 	err := st.inTx(ctx, "restore event", func(tx *dbTx) error {
+		if err := lockGeneration(ctx, tx); err != nil {
+			return err
+		}
 		target, err := scanRevision(tx.QueryRowContext(ctx, revisionSelect+` WHERE r.event_id = ? AND r.revision = ?`, id, rev))
 		if errors.Is(err, sql.ErrNoRows) {
 			return &notFoundError{fmt.Sprintf("event %s has no revision %d (see ListEventRevisions)", id, rev)}
@@ -685,6 +711,9 @@ func (st *store) Import(ctx context.Context, events []Event, dryRun bool) ([]imp
 	var changes []importChange
 	var gen int64
 	err := st.inTx(ctx, "import", func(tx *dbTx) error {
+		if err := lockGeneration(ctx, tx); err != nil {
+			return err
+		}
 		for _, e := range events {
 			cur, err := getEventToWrite(ctx, tx, e.ID)
 			exists := err == nil

@@ -6,12 +6,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
 )
 
 // newTestStore opens a fresh database in a temporary directory.
@@ -206,6 +210,116 @@ func TestStoreIdempotentCreate(t *testing.T) {
 		if n != 0 {
 			t.Fatalf("request id older than the TTL was kept")
 		}
+	})
+}
+
+func TestImportBesideUpdatesNeverDeadlocks(t *testing.T) {
+	// An import locks its events one by one and bumps the generation after each; an update
+	// locks its event, then bumps the generation. Unless every write takes the generation
+	// first, an update that holds the import's next event and waits for the generation
+	// deadlocks with it on PostgreSQL, and one of them fails as busy. (SQLite has one write
+	// lock for the database and cannot deadlock like this; there, writers that never pause
+	// can keep the import waiting past busy_timeout, which is another matter.)
+	ctx := context.Background()
+	st := newTestStoreAt(t, testDSN(t, "postgres"))
+	var events []Event
+	for i := range 40 {
+		events = append(events, mustCreate(t, st, fmt.Sprintf("e%d", i), t0, t0.Add(time.Hour)))
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(done)
+		for round := range 5 {
+			file := make([]Event, len(events))
+			for i, e := range events {
+				file[i] = Event{ID: e.ID, Title: fmt.Sprintf("import %d of e%d", round, i), Start: t0, End: t0.Add(time.Hour)}
+				if err := file[i].validate(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			if _, _, err := st.Import(ctx, file, false); err != nil {
+				t.Errorf("import round %d: %v", round, err)
+				return
+			}
+		}
+	})
+	for w := range 4 {
+		wg.Go(func() {
+			// Walking the events backwards, the updates meet the import head on.
+			for n := 0; ; n++ {
+				for i := len(events) - 1; i >= 0; i-- {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					_, _, err := st.UpdateEvent(ctx, events[i].ID, "", func(e *Event) error {
+						e.Description = fmt.Sprintf("updater %d, pass %d", w, n)
+						return nil
+					})
+					if err != nil {
+						t.Errorf("update of e%d beside an import: %v", i, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestAnExpiredDeadlineIsNotAnOutage(t *testing.T) {
+	// A call whose own deadline ran out must say so, not report the database as unreachable:
+	// context.DeadlineExceeded is itself a net.Error, and pgx wraps it in a timeout.
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errUnavailable) {
+			t.Fatalf("err = %v; want context.DeadlineExceeded, not errUnavailable", err)
+		}
+		if s, _ := grpcStatus(err); s.Code() != codes.DeadlineExceeded {
+			t.Fatalf("gRPC status %v; want DeadlineExceeded", s.Code())
+		}
+		w := httptest.NewRecorder()
+		writeError(w, httptest.NewRequest("GET", "/events", nil), err)
+		if w.Code != http.StatusServiceUnavailable {
+			t.Fatalf("HTTP status %d; want 503", w.Code)
+		}
+	}
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		st := newTestStoreAt(t, dsn)
+		e := mustCreate(t, st, "late", t0, t0.Add(time.Hour))
+		keep := func(*Event) error { return nil }
+		expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+		defer cancel()
+		for _, tc := range []struct {
+			name string
+			call func(ctx context.Context) error
+		}{
+			{"update", func(ctx context.Context) error { _, _, err := st.UpdateEvent(ctx, e.ID, "", keep); return err }},
+			{"list", func(ctx context.Context) error { _, _, err := st.Events(ctx); return err }},
+			{"check writable", st.CheckWritable},
+		} {
+			t.Run(tc.name+" with an expired deadline", func(t *testing.T) { check(t, tc.call(expired)) })
+		}
+		if !st.pg {
+			return
+		}
+		t.Run("deadline passes while waiting for a row lock", func(t *testing.T) {
+			tx, err := st.db.BeginTx(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(context.Background(), `SELECT id FROM events WHERE id = ? FOR UPDATE`, e.ID); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			_, _, err = st.UpdateEvent(ctx, e.ID, "", keep)
+			check(t, err)
+		})
 	})
 }
 
