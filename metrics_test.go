@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -21,6 +22,18 @@ import (
 // scrape reads addr's /metrics with key, in the text format Prometheus asks for, and
 // parses it with the reference parser. Any parse error fails the test.
 func scrape(t *testing.T, addr, key string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(metricsText(t, addr, key)))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return fams
+}
+
+// metricsText reads addr's /metrics with key, in the text format, and returns it unparsed:
+// what promtool check metrics reads.
+func metricsText(t *testing.T, addr, key string) []byte {
 	t.Helper()
 	req, err := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
 	if err != nil {
@@ -43,12 +56,11 @@ func scrape(t *testing.T, addr, key string) map[string]*dto.MetricFamily {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
 		t.Fatalf("Content-Type %q, want the text format 0.0.4", ct)
 	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
+		t.Fatal(err)
 	}
-	return fams
+	return body
 }
 
 // sample returns the value of the counter, gauge or histogram count in fams named name with
