@@ -467,3 +467,29 @@ func inFlightGauge(f *inFlight) prometheus.Collector {
 		Help: "Requests being served now, both protocols, health probes aside; -max-in-flight bounds it.",
 	}, func() float64 { return float64(f.n.Load()) })
 }
+
+// databaseUp is liveops_database_up: the readiness probe's last verdict on whether the
+// database answers reads and takes writes, read from rd when scraped.
+func databaseUp(rd *readiness) prometheus.Collector {
+	desc := prometheus.NewDesc("liveops_database_up",
+		"1 when the last readiness probe (every -reload-interval) found the database answering reads (check=reads) or taking writes (check=writes), else 0.",
+		[]string{"check"}, nil)
+	return collectorFunc{desc, func(ch chan<- prometheus.Metric) {
+		for check, reason := range map[string]*string{"reads": rd.reads.Load(), "writes": rd.writes.Load()} {
+			up := 0.0
+			if *reason == "" {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, up, check)
+		}
+	}}
+}
+
+// collectorFunc is a collector of one family, worked out by collect when scraped.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

@@ -155,6 +155,7 @@ var exposedFamilies = map[string]dto.MetricType{
 	"liveops_change_propagation_seconds":        dto.MetricType_HISTOGRAM,
 	"liveops_db_transaction_duration_seconds":   dto.MetricType_HISTOGRAM,
 	"liveops_db_errors_total":                   dto.MetricType_COUNTER,
+	"liveops_database_up":                       dto.MetricType_GAUGE,
 	"liveops_build_info":                        dto.MetricType_GAUGE,
 	"go_sql_open_connections":                   dto.MetricType_GAUGE,
 	"go_sql_wait_duration_seconds_total":        dto.MetricType_COUNTER,
@@ -205,6 +206,11 @@ func TestMetricsExposition(t *testing.T) {
 	}
 	if v := sample(fams, "liveops_build_info"); v != 1 {
 		t.Errorf("liveops_build_info = %v, want 1", v)
+	}
+	for _, check := range []string{"reads", "writes"} {
+		if v := sample(fams, "liveops_database_up", "check", check); v != 1 {
+			t.Errorf(`liveops_database_up{check=%q} = %v, want 1`, check, v)
+		}
 	}
 	if v := sample(fams, "liveops_api_keys", "role", "metrics", "state", "active"); v != 1 {
 		t.Errorf(`liveops_api_keys{role="metrics",state="active"} = %v, want 1`, v)

@@ -178,7 +178,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	ready := newReadiness(st, hs, log)
 	inflight := &inFlight{max: int64(lim.maxInFlight)}
 
-	reg := newRegistry(st.stats, rm.stats, auth, inFlightGauge(inflight))
+	reg := newRegistry(st.stats, rm.stats, auth, inFlightGauge(inflight), databaseUp(ready))
 	reqs := newRequestMetrics(reg, slices.Collect(maps.Keys(routeRoles)), slices.Collect(maps.Keys(rpcRoles)))
 	metrics := metricsHandler(reg, log)
 	mux := http.NewServeMux()
