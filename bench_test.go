@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/encoding"
 	protoenc "google.golang.org/grpc/encoding/proto"
 
@@ -140,7 +142,7 @@ func BenchmarkGetEvents(b *testing.B) {
 // fields, as a line per request costs either way.
 func BenchmarkAccessLog(b *testing.B) {
 	e := &accessEntry{end: time.Now(), took: 150 * time.Microsecond, proto: "HTTP/1.1", method: "GET",
-		path: "/events", status: 200, keyID: "0123456789ab", keyName: "game-client"}
+		path: "/events", status: 200, keyID: "0123456789ab", keyName: "game-client", traceID: newTraceID()}
 	for _, format := range []string{"text", "json"} {
 		b.Run("formatter/"+format, func(b *testing.B) {
 			l := newLogger(format, io.Discard)
@@ -157,10 +159,34 @@ func BenchmarkAccessLog(b *testing.B) {
 				l.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("proto", e.proto), slog.String("method", e.method),
 					slog.String("path", redactKeys(e.path)), slog.Int("status", e.status),
 					slog.Float64("duration_ms", float64(e.took.Microseconds())/1000),
+					slog.String("trace_id", e.traceID.String()),
 					slog.String("key_id", e.keyID), slog.String("key_name", e.keyName))
 			}
 		})
 	}
+}
+
+// BenchmarkTraceparent compares reading a request's traceparent by hand (callerTrace) with
+// OpenTelemetry's propagator, which every request would pay for even with tracing off.
+func BenchmarkTraceparent(b *testing.B) {
+	h := http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+	b.Run("by-hand", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, _, ok := callerTrace(h); !ok {
+				b.Fatal("not parsed")
+			}
+		}
+	})
+	b.Run("propagator", func(b *testing.B) {
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			if !trace.SpanContextFromContext(propagation.TraceContext{}.Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
+				b.Fatal("not parsed")
+			}
+		}
+	})
 }
 
 // BenchmarkGzipAnswer compares a pooled gzip.Writer with a new one per answer: an answer

@@ -469,10 +469,10 @@ func decodeToken(tok string, v any) error {
 	return json.Unmarshal(b, v)
 }
 
-// grpcStatus is the one place an error becomes a gRPC status. It reports internal when the
-// error is unexpected: the caller then sees only "internal error", and the cause goes to
-// the access log.
-func grpcStatus(err error) (st *status.Status, internal bool) {
+// grpcStatus is the one place an error becomes a gRPC status, for the call with context
+// ctx. It reports internal when the error is unexpected: the caller then sees only
+// "internal error" and the call's trace id, and the cause goes to the access log.
+func grpcStatus(ctx context.Context, err error) (st *status.Status, internal bool) {
 	var ae *authError
 	var nf *notFoundError
 	switch {
@@ -515,7 +515,7 @@ func grpcStatus(err error) (st *status.Status, internal bool) {
 	if st, ok := status.FromError(err); ok {
 		return st, st.Code() == codes.Internal || st.Code() == codes.Unknown
 	}
-	return status.New(codes.Internal, "internal error"), true
+	return status.New(codes.Internal, internalMessage(ctx)), true
 }
 
 // withDetails returns st with details attached; details are a courtesy, so st alone is
@@ -541,6 +541,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int,
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ctx, info := withRequestInfo(r.Context())
+		startTrace(r.Header, info)
 		method := r.URL.Path
 		// Every encoding liveops accepts: grpc-go answers in the one the call used.
 		w.Header().Set("Grpc-Accept-Encoding", "gzip")
@@ -557,7 +558,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int,
 					info.setCaller(k)
 				}
 				if err != nil {
-					s, _ := grpcStatus(err)
+					s, _ := grpcStatus(ctx, err)
 					return s
 				}
 			} else {
@@ -725,7 +726,7 @@ func (s *contextStream) Context() context.Context { return s.ctx }
 // cause itself, for an internal error, which the caller never sees) and returns the
 // status error for gRPC to send.
 func finishRPC(ctx context.Context, err error) error {
-	st, internal := grpcStatus(err)
+	st, internal := grpcStatus(ctx, err)
 	switch {
 	case internal:
 		noteReason(ctx, err.Error())

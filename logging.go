@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // logOutput is where every log line goes. Access-log lines, one per request, are buffered
@@ -117,6 +120,10 @@ type requestInfo struct {
 	mu     sync.Mutex
 	caller *keyEntry
 	reason string
+
+	// trace is the request's trace id (see startTrace), set before any handler runs and
+	// never changed, so it needs no lock.
+	trace trace.TraceID
 }
 
 func (info *requestInfo) setCaller(k *keyEntry) {
@@ -165,6 +172,7 @@ type accessEntry struct {
 	keyID   string
 	keyName string
 	reason  string
+	traceID trace.TraceID
 }
 
 // from fills in what info says: the caller's key and the reason for a refusal.
@@ -174,19 +182,19 @@ func (e *accessEntry) from(info *requestInfo) *accessEntry {
 	if info.caller != nil {
 		e.keyID, e.keyName = info.caller.ID, info.caller.Name
 	}
-	e.reason = info.reason
+	e.reason, e.traceID = info.reason, info.trace
 	return e
 }
 
 // access logs one request. Its time is local, with milliseconds, as slog writes times;
 // the path is redacted of anything that looks like a key; the key is named by id and name,
-// never by its text.
+// never by its text. The trace id leads to the line from an error a user quotes.
 func (l *logger) access(e *accessEntry) {
 	level := "INFO"
 	if e.failed {
 		level = "ERROR"
 	}
-	b := make([]byte, 0, 256)
+	b := make([]byte, 0, 384)
 	field := func(name string) {
 		if l.json {
 			b = append(b, ',', '"')
@@ -232,6 +240,17 @@ func (l *logger) access(e *accessEntry) {
 	}
 	field("duration_ms")
 	b = strconv.AppendFloat(b, float64(e.took.Microseconds())/1000, 'f', 3, 64)
+	if e.traceID.IsValid() {
+		// Hex digits need no quoting in either form.
+		field("trace_id")
+		if l.json {
+			b = append(b, '"')
+		}
+		b = hex.AppendEncode(b, e.traceID[:])
+		if l.json {
+			b = append(b, '"')
+		}
+	}
 	if e.keyID != "" {
 		str("key_id", e.keyID)
 		str("key_name", e.keyName)

@@ -466,12 +466,14 @@ func (rec *statusRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWri
 var recorders = sync.Pool{New: func() any { return new(statusRecorder) }}
 
 // logRequests writes one access-log line per HTTP request, with what the handlers noted in
-// its context: the key that called and, for a refusal, why.
+// its context: the key that called and, for a refusal, why. It puts the request in its
+// trace first.
 func logRequests(log *logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := recorders.Get().(*statusRecorder)
 		rec.ResponseWriter = w
+		startTrace(r.Header, &rec.info)
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), infoKey{}, &rec.info)))
 		if rec.status == 0 {
 			rec.status = http.StatusOK
