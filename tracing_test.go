@@ -72,7 +72,7 @@ func (ts *testServer) getWithHeaders(t *testing.T, path, key string, pairs ...st
 }
 
 // TestTraceIDsWithoutAnEndpoint checks what needs no collector: every request has a trace
-// id, the caller's when it sends a valid one, in its access-log line.
+// id, the caller's when it sends a valid one, in its access-log line and in what it writes.
 func TestTraceIDsWithoutAnEndpoint(t *testing.T) {
 	ts := startServer(t)
 	admin := withKey(ts.admin)
@@ -89,6 +89,17 @@ func TestTraceIDsWithoutAnEndpoint(t *testing.T) {
 	}
 	if _, err := ts.events.CreateEvent(admin, createReq("untraced", t0, t0.Add(time.Hour), "")); err != nil {
 		t.Fatal(err)
+	}
+	audit, err := ts.events.ListAuditLog(admin, &eventspb.ListAuditLogRequest{})
+	if err != nil || len(audit.GetRevisions()) != 2 {
+		t.Fatal(audit, err)
+	}
+	audited := map[string]string{} // title -> trace id
+	for _, r := range audit.GetRevisions() {
+		audited[r.GetEvent().GetTitle()] = r.GetTraceId()
+	}
+	if audited["traced"] != writeTrace {
+		t.Errorf("audit trace_id = %q; want the caller's %s", audited["traced"], writeTrace)
 	}
 	if err := ts.stop(); err != nil {
 		t.Fatal(err)
@@ -108,11 +119,13 @@ func TestTraceIDsWithoutAnEndpoint(t *testing.T) {
 		path := rec["path"].(string)
 		logged[path] = append(logged[path], id)
 	}
-	if got := logged["/events"]; len(got) != 1 || got[0] != readTrace {
-		t.Errorf("GET /events logged trace ids %v; want the caller's %s", got, readTrace)
-	}
-	if creates := logged["/liveops.v1.EventService/CreateEvent"]; len(creates) != 2 || creates[0] != writeTrace {
-		t.Errorf("CreateEvent lines logged trace ids %v; want the caller's %s first", creates, writeTrace)
+	for path, want := range map[string][]string{
+		"/events":                              {readTrace},
+		"/liveops.v1.EventService/CreateEvent": {writeTrace, audited["untraced"]},
+	} {
+		if got := logged[path]; strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s logged trace ids %v; want %v", path, got, want)
+		}
 	}
 	if len(logged["/livez"]) != 2 || len(logged["/readyz"]) != 1 || logged["/readyz"][0] == badTrace {
 		t.Errorf("logged %v; want two /livez and one /readyz line, none with the invalid traceparent's id", logged)
