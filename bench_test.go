@@ -73,18 +73,27 @@ type readBench struct {
 }
 
 func newReadBench(b *testing.B, ended int) *readBench {
+	return newReadBenchEnv(b, ended, nil)
+}
+
+// newReadBenchEnv is newReadBench with env as the environment: the OpenTelemetry variables,
+// say.
+func newReadBenchEnv(b *testing.B, ended int, env map[string]string) *readBench {
 	st := newTestStore(b)
 	now := time.Now()
 	seedEvents(b, st, ended, "Ended event", now.Add(-90*24*time.Hour), now.Add(-89*24*time.Hour))
 	seedEvents(b, st, 20, "Active event", now.Add(-time.Hour), now.Add(24*time.Hour))
 	key, _ := createTestKey(b, st, roleHTTPUser)
-	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
+	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err != nil {
 		b.Fatal(err)
 	}
 	svc, err := newService(context.Background(), cfg, st, time.Now, newLogger("text", io.Discard))
 	if err != nil {
 		b.Fatal(err)
+	}
+	if svc.traces != nil {
+		b.Cleanup(func() { svc.traces.Shutdown(context.Background()) })
 	}
 	req := httptest.NewRequest("GET", "/events", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
@@ -129,6 +138,15 @@ func BenchmarkGetEvents(b *testing.B) {
 			rb.svc.handler.ServeHTTP(w, rb.req)
 		}
 	})
+	// The same, with every request traced and its span exported (at the sampling ratios
+	// the yardstick runs) to a collector in this process, which takes its share of the CPU.
+	for _, ratio := range []string{"1.0", "0.01"} {
+		b.Run("cached/traced="+ratio, func(b *testing.B) {
+			_, endpoint := startOTLPReceiver(b, "grpc")
+			newReadBenchEnv(b, 0, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+				"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio}).serve(b)
+		})
+	}
 	// The same 20 active events, among more and more ended ones: the time per request must
 	// not grow with history.
 	for _, ended := range []int{0, 1000, 100_000} {

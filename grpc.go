@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -533,16 +534,21 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) *status.Sta
 // UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED at once, whatever it sends
 // after. It refuses codecs liveops does not serve, bounds the calls in flight, and writes
 // one access-log line for every call it answers, grpc-go's own refusals included.
-func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int, log *logger) http.Handler {
+func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int, log *logger, tr trace.Tracer) http.Handler {
 	streams := streamingMethods(gs)
+	names := rpcNames(gs)
 	// Health calls need no key, so anyone can open them: they get a small bound of their
 	// own, and cannot take the slots of keyed calls.
 	health := &inFlight{max: maxHealthInFlight}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ctx, info := withRequestInfo(r.Context())
-		startTrace(r.Header, info)
 		method := r.URL.Path
+		name, ok := names[method]
+		if !ok {
+			name = unknownRPC
+		}
+		ctx, span := startRPCSpan(ctx, tr, r, info, name)
 		// Every encoding liveops accepts: grpc-go answers in the one the call used.
 		w.Header().Set("Grpc-Accept-Encoding", "gzip")
 		bound := inflight
@@ -598,6 +604,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, maxHeaderBytes int,
 		} else if r.Context().Err() != nil {
 			code = codes.Canceled // the client went away before a status was sent
 		}
+		endRPCSpan(span, name, code)
 		e := &accessEntry{end: time.Now(), proto: "grpc", path: method, code: code.String(),
 			failed: code == codes.Internal || code == codes.Unknown || code == codes.DataLoss}
 		e.took = e.end.Sub(start)

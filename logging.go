@@ -121,9 +121,12 @@ type requestInfo struct {
 	caller *keyEntry
 	reason string
 
-	// trace is the request's trace id (see startTrace), set before any handler runs and
-	// never changed, so it needs no lock.
+	// trace is the request's trace id (see startServerSpan), set before any handler runs
+	// and never changed, so it needs no lock.
 	trace trace.TraceID
+	// route is the addRoutes pattern that answered an HTTP request, set on the request's
+	// own goroutine before the access log reads it.
+	route string
 }
 
 func (info *requestInfo) setCaller(k *keyEntry) {
@@ -188,7 +191,8 @@ func (e *accessEntry) from(info *requestInfo) *accessEntry {
 
 // access logs one request. Its time is local, with milliseconds, as slog writes times;
 // the path is redacted of anything that looks like a key; the key is named by id and name,
-// never by its text. The trace id leads to the line from an error a user quotes.
+// never by its text. The trace id leads from the line to the request's spans, and back
+// from an error a user quotes or an audit entry.
 func (l *logger) access(e *accessEntry) {
 	level := "INFO"
 	if e.failed {

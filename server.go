@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 )
@@ -127,6 +129,15 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 		srv.Close()
 	}
 	svc.grpc.Stop()
+	if svc.traces != nil {
+		// The last requests' spans go out now, unless the collector cannot take them in
+		// time: a collector that is down must not hold up the stop.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(cfg.shutdownTimeout, traceFlushTimeout))
+		if err := svc.traces.Shutdown(tctx); err != nil {
+			log.Warn("flush spans", "err", err)
+		}
+		cancel()
+	}
 	log.Info("stopped")
 	return nil
 }
@@ -141,7 +152,12 @@ type service struct {
 	handler http.Handler // both protocols, on one port
 	// shutdown is closed when the server starts shutting down, ending gRPC streams.
 	shutdown chan struct{}
+	// traces exports spans; nil when no OTLP endpoint is set (see newTracerProvider).
+	traces *sdktrace.TracerProvider
 }
+
+// traceFlushTimeout bounds how long a stop waits for the last spans to be exported.
+const traceFlushTimeout = 5 * time.Second
 
 func newService(ctx context.Context, cfg config, st *store, now func() time.Time, log *logger) (*service, error) {
 	kr, err := newKeyring(ctx, st, now)
@@ -161,8 +177,17 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	mux := http.NewServeMux()
 	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes),
 		cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
-	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown,
-		handler: newHandler(mux, grpcGate(gs, g, inflight, lim.maxHeaderBytes, log), inflight, lim, log)}, nil
+	// Last, once nothing else can fail: the provider runs an exporter until shut down.
+	tp, err := newTracerProvider(ctx, cfg.tracing, log)
+	if err != nil {
+		return nil, err
+	}
+	var tr trace.Tracer // nil: no spans, only trace ids
+	if tp != nil {
+		tr = tp.Tracer(tracerName)
+	}
+	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown, traces: tp,
+		handler: newHandler(mux, grpcGate(gs, g, inflight, lim.maxHeaderBytes, log, tr), inflight, lim, log, tr)}, nil
 }
 
 // The answer cache's bounds: enough for every variant a game's clients ask in one second,
@@ -298,10 +323,10 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 // newHandler returns the one handler that serves both protocols on one port: HTTP/2
 // requests with a gRPC content type go to grpcGate and on to the gRPC server, everything
 // else to the mux. It bounds, for both, the header block and the requests in flight.
-func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim limits, log *logger) http.Handler {
-	httpHandler := logRequests(log, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, mux)))
+func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, lim limits, log *logger, tr trace.Tracer) http.Handler {
+	httpHandler := logRequests(log, tr, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, mux)))
 	refuse := func(status int, msg string) http.Handler {
-		return logRequests(log, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		return logRequests(log, tr, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, &httpError{status, msg})
 		})))
 	}
@@ -390,7 +415,7 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 			// unknown parameter) can be read by the page too.
 			h = c.share(h)
 		}
-		mux.Handle(pattern, h)
+		mux.Handle(pattern, noteRoute(pattern, h))
 	}
 	handle("GET /livez", nil, handleLivez())
 	handle("GET /readyz", nil, handleReadyz(ready))
@@ -408,6 +433,17 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	handle("/events", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/events/{id}", nil, handleMethodNotAllowed("GET, HEAD"))
 	handle("/", nil, handleNotFound())
+}
+
+// noteRoute records, for the request's span, that the route pattern answered it: the mux
+// tells only the handler it picks (in r.Pattern), not the layers around it.
+func noteRoute(pattern string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if info := infoFrom(r.Context()); info != nil {
+			info.route = pattern
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // refuseBody answers 400 to a GET that carries a body. The body is never read, and the
@@ -467,24 +503,25 @@ var recorders = sync.Pool{New: func() any { return new(statusRecorder) }}
 
 // logRequests writes one access-log line per HTTP request, with what the handlers noted in
 // its context: the key that called and, for a refusal, why. It puts the request in its
-// trace first.
-func logRequests(log *logger, next http.Handler) http.Handler {
+// trace first, and ends its span (if tr makes them) when the answer is written.
+func logRequests(log *logger, tr trace.Tracer, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := recorders.Get().(*statusRecorder)
 		rec.ResponseWriter = w
-		startTrace(r.Header, &rec.info)
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), infoKey{}, &rec.info)))
+		ctx, span := startHTTPSpan(context.WithValue(r.Context(), infoKey{}, &rec.info), tr, r, &rec.info)
+		next.ServeHTTP(rec, r.WithContext(ctx))
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
+		endHTTPSpan(span, r, rec.info.route, rec.status)
 		e := &accessEntry{end: time.Now(), proto: r.Proto, method: r.Method, path: r.URL.Path,
 			// A 503 is the server shedding load or draining, as meant: not a failure.
 			status: rec.status, failed: rec.status >= 500 && rec.status != http.StatusServiceUnavailable}
 		e.took = e.end.Sub(start)
 		log.access(e.from(&rec.info))
 		// The request is over: nothing holds rec or its info any more.
-		rec.ResponseWriter, rec.status, rec.info.caller, rec.info.reason = nil, 0, nil, ""
+		rec.ResponseWriter, rec.status, rec.info.caller, rec.info.reason, rec.info.route = nil, 0, nil, "", ""
 		recorders.Put(rec)
 	})
 }

@@ -221,7 +221,10 @@ const defaultMaxIdleConns = 2
 // inTx runs fn in a write transaction and commits it when fn succeeds. Every error comes
 // back through storeError, wrapped with op. After a read-only or I/O failure the idle
 // connections are dropped, so that writes recover by themselves once the fault clears.
-func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) error {
+// In a traced request the transaction is a span of its own.
+func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) (err error) {
+	ctx, endSpan := txSpan(ctx, st.pg, op)
+	defer endSpan(&err)
 	if st.readOnly.Load() {
 		return storeError(op, errReadOnly)
 	}
