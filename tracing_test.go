@@ -112,6 +112,13 @@ func (rc *otlpReceiver) span(match func(*tracepb.Span) bool) *tracepb.Span {
 	return nil
 }
 
+// serviceOf returns the service.name of the resource that sent s.
+func (rc *otlpReceiver) serviceOf(s *tracepb.Span) string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.service[s]
+}
+
 // attr returns a span attribute's value as text, "" when it is absent.
 func attr(s *tracepb.Span, key string) string {
 	for _, kv := range s.GetAttributes() {
@@ -234,7 +241,7 @@ func TestSpansReachACollector(t *testing.T) {
 						t.Errorf("%s: %s = %q; want %q", c.name, k, got, want)
 					}
 				}
-				if got := rc.service[s]; got != "liveops-test" {
+				if got := rc.serviceOf(s); got != "liveops-test" {
 					t.Errorf("%s: service.name = %q; want OTEL_SERVICE_NAME's liveops-test", c.name, got)
 				}
 			}
