@@ -504,6 +504,8 @@ func TestTracingConfig(t *testing.T) {
 			"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "", "", "OTEL_TRACES_SAMPLER_ARG"},
 		{"ratio not a number", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
 			"OTEL_TRACES_SAMPLER_ARG": "half"}, "", "", "OTEL_TRACES_SAMPLER_ARG"},
+		{"ratio NaN", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "traceidratio",
+			"OTEL_TRACES_SAMPLER_ARG": "NaN"}, "", "", "OTEL_TRACES_SAMPLER_ARG"},
 		{"http/json", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "", "", "OTEL_EXPORTER_OTLP_PROTOCOL"},
 		{"endpoint without a scheme", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}, "", "", "OTEL_EXPORTER_OTLP_ENDPOINT"},
 		{"endpoint not http", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://collector:4317"}, "", "", "OTEL_EXPORTER_OTLP_ENDPOINT"},
