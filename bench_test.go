@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/encoding"
 	protoenc "google.golang.org/grpc/encoding/proto"
 
@@ -71,18 +73,27 @@ type readBench struct {
 }
 
 func newReadBench(b *testing.B, ended int) *readBench {
+	return newReadBenchEnv(b, ended, nil)
+}
+
+// newReadBenchEnv is newReadBench with env as the environment: the OpenTelemetry variables,
+// say.
+func newReadBenchEnv(b *testing.B, ended int, env map[string]string) *readBench {
 	st := newTestStore(b)
 	now := time.Now()
 	seedEvents(b, st, ended, "Ended event", now.Add(-90*24*time.Hour), now.Add(-89*24*time.Hour))
 	seedEvents(b, st, 20, "Active event", now.Add(-time.Hour), now.Add(24*time.Hour))
 	key, _ := createTestKey(b, st, roleHTTPUser)
-	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
+	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err != nil {
 		b.Fatal(err)
 	}
 	svc, err := newService(context.Background(), cfg, st, time.Now, newLogger("text", io.Discard))
 	if err != nil {
 		b.Fatal(err)
+	}
+	if svc.traces != nil {
+		b.Cleanup(func() { svc.traces.Shutdown(context.Background()) })
 	}
 	req := httptest.NewRequest("GET", "/events", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
@@ -127,6 +138,15 @@ func BenchmarkGetEvents(b *testing.B) {
 			rb.svc.handler.ServeHTTP(w, rb.req)
 		}
 	})
+	// The same, with every request traced and its span exported (at the sampling ratios
+	// the yardstick runs) to a collector in this process, which takes its share of the CPU.
+	for _, ratio := range []string{"1.0", "0.01"} {
+		b.Run("cached/traced="+ratio, func(b *testing.B) {
+			_, endpoint := startOTLPReceiver(b, "grpc")
+			newReadBenchEnv(b, 0, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+				"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio}).serve(b)
+		})
+	}
 	// The same 20 active events, among more and more ended ones: the time per request must
 	// not grow with history.
 	for _, ended := range []int{0, 1000, 100_000} {
@@ -140,7 +160,7 @@ func BenchmarkGetEvents(b *testing.B) {
 // fields, as a line per request costs either way.
 func BenchmarkAccessLog(b *testing.B) {
 	e := &accessEntry{end: time.Now(), took: 150 * time.Microsecond, proto: "HTTP/1.1", method: "GET",
-		path: "/events", status: 200, keyID: "0123456789ab", keyName: "game-client"}
+		path: "/events", status: 200, keyID: "0123456789ab", keyName: "game-client", traceID: newTraceID()}
 	for _, format := range []string{"text", "json"} {
 		b.Run("formatter/"+format, func(b *testing.B) {
 			l := newLogger(format, io.Discard)
@@ -157,10 +177,34 @@ func BenchmarkAccessLog(b *testing.B) {
 				l.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("proto", e.proto), slog.String("method", e.method),
 					slog.String("path", redactKeys(e.path)), slog.Int("status", e.status),
 					slog.Float64("duration_ms", float64(e.took.Microseconds())/1000),
+					slog.String("trace_id", e.traceID.String()),
 					slog.String("key_id", e.keyID), slog.String("key_name", e.keyName))
 			}
 		})
 	}
+}
+
+// BenchmarkTraceparent compares reading a request's traceparent by hand (callerTrace) with
+// OpenTelemetry's propagator, which every request would pay for even with tracing off.
+func BenchmarkTraceparent(b *testing.B) {
+	h := http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+	b.Run("by-hand", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, _, ok := callerTrace(h); !ok {
+				b.Fatal("not parsed")
+			}
+		}
+	})
+	b.Run("propagator", func(b *testing.B) {
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			if !trace.SpanContextFromContext(propagation.TraceContext{}.Extract(ctx, propagation.HeaderCarrier(h))).IsValid() {
+				b.Fatal("not parsed")
+			}
+		}
+	})
 }
 
 // BenchmarkGzipAnswer compares a pooled gzip.Writer with a new one per answer: an answer

@@ -32,6 +32,7 @@ type config struct {
 	// metricsAddr, when set, is a second listener serving GET /metrics without a key.
 	metricsAddr string
 	limits      limits
+	tracing     tracingConfig // from the OpenTelemetry variables, OTEL_*
 }
 
 // limits bound what one client can make the server hold or do.
@@ -105,6 +106,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return config{}, errors.New("-tls-cert and -tls-key go together: give both or neither")
 	}
 	if cfg.corsOrigins, err = parseCORSOrigins(*corsOrigins); err != nil {
+		return config{}, err
+	}
+	if cfg.tracing, err = parseTracingConfig(getenv); err != nil {
 		return config{}, err
 	}
 	for name, d := range map[string]time.Duration{

@@ -134,7 +134,7 @@ func revisionsToProto(revs []revision) []*eventspb.Revision {
 	out := make([]*eventspb.Revision, len(revs))
 	for i, r := range revs {
 		out[i] = &eventspb.Revision{EventId: r.EventID, Revision: r.Revision, Action: r.Action, KeyId: r.KeyID,
-			KeyName: r.KeyName, Time: timestamppb.New(r.At), Event: toProto(r.Event, view{})}
+			KeyName: r.KeyName, Time: timestamppb.New(r.At), Event: toProto(r.Event, view{}), TraceId: r.TraceID}
 	}
 	return out
 }

@@ -285,7 +285,7 @@ func TestDiskFull(t *testing.T) {
 		_, err := srv.CreateEvent(ctx, createReq(fmt.Sprint("filler ", stored), t0, t0.Add(time.Hour), big))
 		if err != nil {
 			// The method returns a plain error; grpcStatus is what the interceptor sends.
-			if st, _ := grpcStatus(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "full") {
+			if st, _ := grpcStatus(context.Background(), err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "full") {
 				t.Fatalf("write to a full database: %v; want RESOURCE_EXHAUSTED saying it is full", err)
 			}
 			break

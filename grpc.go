@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -469,10 +470,10 @@ func decodeToken(tok string, v any) error {
 	return json.Unmarshal(b, v)
 }
 
-// grpcStatus is the one place an error becomes a gRPC status. It reports internal when the
-// error is unexpected: the caller then sees only "internal error", and the cause goes to
-// the access log.
-func grpcStatus(err error) (st *status.Status, internal bool) {
+// grpcStatus is the one place an error becomes a gRPC status, for the call with context
+// ctx. It reports internal when the error is unexpected: the caller then sees only
+// "internal error" and the call's trace id, and the cause goes to the access log.
+func grpcStatus(ctx context.Context, err error) (st *status.Status, internal bool) {
 	var ae *authError
 	var nf *notFoundError
 	switch {
@@ -515,7 +516,7 @@ func grpcStatus(err error) (st *status.Status, internal bool) {
 	if st, ok := status.FromError(err); ok {
 		return st, st.Code() == codes.Internal || st.Code() == codes.Unknown
 	}
-	return status.New(codes.Internal, "internal error"), true
+	return status.New(codes.Internal, internalMessage(ctx)), true
 }
 
 // withDetails returns st with details attached; details are a courtesy, so st alone is
@@ -533,8 +534,9 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) *status.Sta
 // UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED at once, whatever it sends
 // after. It refuses codecs liveops does not serve, bounds the calls in flight, and writes
 // one access-log line for every call it answers, grpc-go's own refusals included.
-func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, reqs *requestMetrics, maxHeaderBytes int, log *logger) http.Handler {
+func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, reqs *requestMetrics, maxHeaderBytes int, log *logger, tr trace.Tracer) http.Handler {
 	streams := streamingMethods(gs)
+	names := rpcNames(gs)
 	// Health calls need no key, so anyone can open them: they get a small bound of their
 	// own, and cannot take the slots of keyed calls.
 	health := &inFlight{max: maxHealthInFlight}
@@ -542,6 +544,11 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, reqs *requestMetric
 		start := time.Now()
 		ctx, info := withRequestInfo(r.Context())
 		method := r.URL.Path
+		name, ok := names[method]
+		if !ok {
+			name = unknownRPC
+		}
+		ctx, span := startRPCSpan(ctx, tr, r, info, name)
 		// Every encoding liveops accepts: grpc-go answers in the one the call used.
 		w.Header().Set("Grpc-Accept-Encoding", "gzip")
 		bound := inflight
@@ -557,7 +564,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, reqs *requestMetric
 					info.setCaller(k)
 				}
 				if err != nil {
-					s, _ := grpcStatus(err)
+					s, _ := grpcStatus(ctx, err)
 					return s
 				}
 			} else {
@@ -598,6 +605,7 @@ func grpcGate(gs *grpc.Server, g *guard, inflight *inFlight, reqs *requestMetric
 		} else if r.Context().Err() != nil {
 			code = codes.Canceled // the client went away before a status was sent
 		}
+		endRPCSpan(span, name, code)
 		e := &accessEntry{end: time.Now(), proto: "grpc", path: method, code: code.String(),
 			failed: code == codes.Internal || code == codes.Unknown || code == codes.DataLoss}
 		e.took = e.end.Sub(start)
@@ -727,7 +735,7 @@ func (s *contextStream) Context() context.Context { return s.ctx }
 // cause itself, for an internal error, which the caller never sees) and returns the
 // status error for gRPC to send.
 func finishRPC(ctx context.Context, err error) error {
-	st, internal := grpcStatus(err)
+	st, internal := grpcStatus(ctx, err)
 	switch {
 	case internal:
 		noteReason(ctx, err.Error())

@@ -296,11 +296,13 @@ func (e *httpError) Error() string { return e.msg }
 
 // errorBody is the one shape every HTTP error has:
 // {"error":{"code":400,"message":"...","fields":[{"field":"status","reason":"..."}]}}.
+// An internal error carries the request's trace_id instead of fields.
 type errorBody struct {
 	Error struct {
 		Code    int         `json:"code"`
 		Message string      `json:"message"`
 		Fields  []fieldJSON `json:"fields,omitempty"`
+		TraceID string      `json:"trace_id,omitempty"`
 	} `json:"error"`
 }
 
@@ -313,8 +315,8 @@ type fieldJSON struct {
 // error becomes an HTTP status: validation problems are 400 naming each field, a missing
 // event 404, refused keys 401, 403 or 429 with the headers those need, a database that is
 // busy or away 503, a request whose context ended first (its client went away) 503 too,
-// and anything unexpected 500 with a generic message, its cause going only to the access
-// log.
+// and anything unexpected 500 with a generic message and the trace id, its cause going
+// only to the access log.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var body errorBody
 	status, msg := http.StatusInternalServerError, "internal error"
@@ -351,6 +353,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if status == http.StatusInternalServerError {
 		noteReason(r.Context(), err.Error())
+		msg, body.Error.TraceID = internalMessage(r.Context()), traceIDFrom(r.Context())
 	} else {
 		noteReason(r.Context(), msg)
 	}

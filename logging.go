@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // logOutput is where every log line goes. Access-log lines, one per request, are buffered
@@ -117,8 +120,13 @@ type requestInfo struct {
 	mu     sync.Mutex
 	caller *keyEntry
 	reason string
-	// route is what an HTTP request is counted under, set by the route that serves it;
-	// nil until one does.
+
+	// trace is the request's trace id (see startServerSpan), set before any handler runs
+	// and never changed, so it needs no lock.
+	trace trace.TraceID
+	// route is the addRoutes route that answered an HTTP request, for its metrics and its
+	// span: set on the request's own goroutine before the access log reads it; nil until a
+	// route does.
 	route *routeMetrics
 }
 
@@ -168,6 +176,7 @@ type accessEntry struct {
 	keyID   string
 	keyName string
 	reason  string
+	traceID trace.TraceID
 }
 
 // from fills in what info says: the caller's key and the reason for a refusal.
@@ -177,19 +186,20 @@ func (e *accessEntry) from(info *requestInfo) *accessEntry {
 	if info.caller != nil {
 		e.keyID, e.keyName = info.caller.ID, info.caller.Name
 	}
-	e.reason = info.reason
+	e.reason, e.traceID = info.reason, info.trace
 	return e
 }
 
 // access logs one request. Its time is local, with milliseconds, as slog writes times;
 // the path is redacted of anything that looks like a key; the key is named by id and name,
-// never by its text.
+// never by its text. The trace id leads from the line to the request's spans, and back
+// from an error a user quotes or an audit entry.
 func (l *logger) access(e *accessEntry) {
 	level := "INFO"
 	if e.failed {
 		level = "ERROR"
 	}
-	b := make([]byte, 0, 256)
+	b := make([]byte, 0, 384)
 	field := func(name string) {
 		if l.json {
 			b = append(b, ',', '"')
@@ -235,6 +245,17 @@ func (l *logger) access(e *accessEntry) {
 	}
 	field("duration_ms")
 	b = strconv.AppendFloat(b, float64(e.took.Microseconds())/1000, 'f', 3, 64)
+	if e.traceID.IsValid() {
+		// Hex digits need no quoting in either form.
+		field("trace_id")
+		if l.json {
+			b = append(b, '"')
+		}
+		b = hex.AppendEncode(b, e.traceID[:])
+		if l.json {
+			b = append(b, '"')
+		}
+	}
 	if e.keyID != "" {
 		str("key_id", e.keyID)
 		str("key_name", e.keyName)

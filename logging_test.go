@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,9 +13,10 @@ import (
 func TestAccessLogLines(t *testing.T) {
 	end := time.Date(2026, 3, 1, 12, 0, 5, 123456789, time.UTC)
 	nasty := "/events/\"x\" level=ERROR\nmsg=forged\x00\xff"
+	tid, _, _, _ := callerTrace(http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}})
 	entry := func() *accessEntry {
 		return &accessEntry{end: end, took: 1500 * time.Microsecond, proto: "HTTP/1.1", method: "GET", path: nasty, status: 404,
-			keyID: "abc123", keyName: "game client", reason: "no event with id x"}
+			keyID: "abc123", keyName: "game client", reason: "no event with id x", traceID: tid}
 	}
 	t.Run("json", func(t *testing.T) {
 		var out bytes.Buffer
@@ -27,7 +29,8 @@ func TestAccessLogLines(t *testing.T) {
 		}
 		want := map[string]any{"time": "2026-03-01T12:00:05.123Z", "level": "INFO", "msg": "request", "proto": "HTTP/1.1",
 			"method": "GET", "path": "/events/\"x\" level=ERROR\nmsg=forged\x00\ufffd", "status": 404.0, "duration_ms": 1.5,
-			"key_id": "abc123", "key_name": "game client", "error": "no event with id x"}
+			"key_id": "abc123", "key_name": "game client", "error": "no event with id x",
+			"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
 		for k, v := range want {
 			if rec[k] != v {
 				t.Errorf("%s = %#v; want %#v", k, rec[k], v)
@@ -47,7 +50,7 @@ func TestAccessLogLines(t *testing.T) {
 			t.Fatalf("a client-chosen path is not quoted as one value: %q", line)
 		}
 		if !strings.HasPrefix(line, "time=2026-03-01T12:00:05.123Z level=INFO msg=request proto=HTTP/1.1 method=GET path=\"") ||
-			!strings.HasSuffix(line, " status=404 duration_ms=1.500\n") {
+			!strings.HasSuffix(line, " status=404 duration_ms=1.500 trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n") {
 			t.Fatalf("line = %q", line)
 		}
 	})
@@ -63,6 +66,9 @@ func TestAccessLogLines(t *testing.T) {
 		}
 		if rec["level"] != "ERROR" || rec["code"] != "Internal" || rec["error"] != "get event: disk I/O error" || rec["method"] != nil {
 			t.Fatalf("line = %s; want level ERROR, the code and the cause, and no HTTP method", out.String())
+		}
+		if rec["trace_id"] != nil {
+			t.Fatalf("line = %s; an entry without a trace must not claim one", out.String())
 		}
 	})
 }

@@ -32,6 +32,7 @@ var statusClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 // routeMetrics are one HTTP route's children, one per status class.
 type routeMetrics struct {
+	pattern   string
 	requests  [len(statusClasses)]prometheus.Counter
 	durations [len(statusClasses)]prometheus.Observer
 }
@@ -102,7 +103,7 @@ func newRequestMetrics(reg prometheus.Registerer, patterns, methods []string) *r
 	m := &requestMetrics{routes: map[string]*routeMetrics{}, methods: map[string]*rpcMetrics{},
 		shedHTTP: shed.WithLabelValues("http"), shedGRPC: shed.WithLabelValues("grpc")}
 	for _, p := range append(patterns, otherRoute) {
-		rm := new(routeMetrics)
+		rm := &routeMetrics{pattern: p}
 		for i, class := range statusClasses {
 			rm.requests[i] = httpRequests.WithLabelValues(p, class)
 			rm.durations[i] = httpDurations.WithLabelValues(p, class)
@@ -117,6 +118,14 @@ func newRequestMetrics(reg prometheus.Registerer, patterns, methods []string) *r
 		m.methods[name] = mm
 	}
 	return m
+}
+
+// name returns the route's ServeMux pattern, or "" for none.
+func (m *routeMetrics) name() string {
+	if m == nil {
+		return ""
+	}
+	return m.pattern
 }
 
 // route returns the children for a ServeMux pattern; nil for an unknown one.

@@ -43,7 +43,9 @@ func newReadModel(ctx context.Context, st *store, now func() time.Time, log *log
 }
 
 // load replaces the snapshot with the database's events. rm.mu must be held.
-func (rm *readModel) load(ctx context.Context) error {
+func (rm *readModel) load(ctx context.Context) (err error) {
+	ctx, endSpan := childSpan(ctx, "snapshot load")
+	defer endSpan(&err)
 	start := time.Now()
 	events, gen, err := rm.st.Events(ctx)
 	if err != nil {
@@ -61,8 +63,11 @@ func (rm *readModel) snapshot() *snapshot { return rm.snap.Load() }
 // applied records a write this process committed: the event as written (nil for a delete),
 // or the id deleted, and the generation the write produced. When the write is the next one
 // after the snapshot's, it is applied in place; otherwise the snapshot is reloaded. Either
-// way, the writer's next read sees its write.
+// way, the writer's next read sees its write. In a traced call this is the span "snapshot
+// apply", waiting for the lock included.
 func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID string) {
+	ctx, endSpan := childSpan(ctx, "snapshot apply")
+	defer endSpan(nil)
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	cur := rm.snap.Load()
@@ -84,7 +89,13 @@ func (rm *readModel) applied(ctx context.Context, gen int64, e *Event, deletedID
 // catchUp brings the snapshot from cur to the database's generation by applying only the
 // events written since, or, when the revision log cannot say what those were, by reloading
 // every event. rm.mu must be held.
-func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) error {
+//
+// Only a catch-up after a write of this process is traced (as a child of its "snapshot
+// apply"); the watcher's, every -reload-interval, makes no spans: a trace a second, for no
+// request, would drown the ones that matter.
+func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) (err error) {
+	ctx, endSpan := childSpan(ctx, "snapshot catch-up")
+	defer endSpan(&err)
 	start := time.Now()
 	changes, gen, err := rm.st.ChangesSince(ctx, cur.gen)
 	if errors.Is(err, errGap) {

@@ -22,18 +22,19 @@ type revision struct {
 	KeyID    string // the key that wrote, or "import"
 	KeyName  string // that key's name, when it has one
 	At       time.Time
-	Event    Event // as it stood after the write; before it, for a delete
+	Event    Event  // as it stood after the write; before it, for a delete
+	TraceID  string // the trace of the request that wrote; empty for an import
 }
 
 // revisionSelect reads revisions with the name of the key that wrote each.
-const revisionSelect = `SELECT r.event_id, r.revision, r.action, r.key_id, coalesce(k.name, ''), r.at, r.event
+const revisionSelect = `SELECT r.event_id, r.revision, r.action, r.key_id, coalesce(k.name, ''), r.at, r.event, r.trace_id
 	FROM event_revisions r LEFT JOIN api_keys k ON k.id = r.key_id`
 
 func scanRevision(s scanner) (revision, error) {
 	var r revision
 	var at int64
 	var doc string
-	if err := s.Scan(&r.EventID, &r.Revision, &r.Action, &r.KeyID, &r.KeyName, &at, &doc); err != nil {
+	if err := s.Scan(&r.EventID, &r.Revision, &r.Action, &r.KeyID, &r.KeyName, &at, &doc, &r.TraceID); err != nil {
 		return revision{}, err
 	}
 	r.At = fromNanos(at)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 )
@@ -144,6 +146,15 @@ func serve(ctx context.Context, cfg config, st *store, now func() time.Time, log
 		srv.Close()
 	}
 	svc.grpc.Stop()
+	if svc.traces != nil {
+		// The last requests' spans go out now, unless the collector cannot take them in
+		// time: a collector that is down must not hold up the stop.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(cfg.shutdownTimeout, traceFlushTimeout))
+		if err := svc.traces.Shutdown(tctx); err != nil {
+			log.Warn("flush spans", "err", err)
+		}
+		cancel()
+	}
 	log.Info("stopped")
 	return nil
 }
@@ -159,7 +170,12 @@ type service struct {
 	metrics http.Handler // GET /metrics, without the key check: for -metrics-addr
 	// shutdown is closed when the server starts shutting down, ending gRPC streams.
 	shutdown chan struct{}
+	// traces exports spans; nil when no OTLP endpoint is set (see newTracerProvider).
+	traces *sdktrace.TracerProvider
 }
+
+// traceFlushTimeout bounds how long a stop waits for the last spans to be exported.
+const traceFlushTimeout = 5 * time.Second
 
 func newService(ctx context.Context, cfg config, st *store, now func() time.Time, log *logger) (*service, error) {
 	kr, err := newKeyring(ctx, st, now)
@@ -184,8 +200,17 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	mux := http.NewServeMux()
 	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), reqs, metrics,
 		cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
-	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown, metrics: metrics,
-		handler: newHandler(mux, grpcGate(gs, g, inflight, reqs, lim.maxHeaderBytes, log), inflight, reqs, lim, log)}, nil
+	// Last, once nothing else can fail: the provider runs an exporter until shut down.
+	tp, err := newTracerProvider(ctx, cfg.tracing, log)
+	if err != nil {
+		return nil, err
+	}
+	var tr trace.Tracer // nil: no spans, only trace ids
+	if tp != nil {
+		tr = tp.Tracer(tracerName)
+	}
+	return &service{keys: kr, events: rm, ready: ready, grpc: gs, health: hs, shutdown: shutdown, traces: tp, metrics: metrics,
+		handler: newHandler(mux, grpcGate(gs, g, inflight, reqs, lim.maxHeaderBytes, log, tr), inflight, reqs, lim, log, tr)}, nil
 }
 
 // The answer cache's bounds: enough for every variant a game's clients ask in one second,
@@ -322,10 +347,10 @@ func newHTTPServer(h http.Handler, lim limits, log *logger) *http.Server {
 // newHandler returns the one handler that serves both protocols on one port: HTTP/2
 // requests with a gRPC content type go to grpcGate and on to the gRPC server, everything
 // else to the mux. It bounds, for both, the header block and the requests in flight.
-func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, reqs *requestMetrics, lim limits, log *logger) http.Handler {
-	httpHandler := logRequests(log, reqs, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, reqs, mux)))
+func newHandler(mux http.Handler, grpcGate http.Handler, inflight *inFlight, reqs *requestMetrics, lim limits, log *logger, tr trace.Tracer) http.Handler {
+	httpHandler := logRequests(log, reqs, tr, securityHeaders(limitRequests(lim.maxHeaderBytes, inflight, reqs, mux)))
 	refuse := func(status int, msg string) http.Handler {
-		return logRequests(log, reqs, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		return logRequests(log, reqs, tr, securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, &httpError{status, msg})
 		})))
 	}
@@ -416,7 +441,7 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 			// unknown parameter) can be read by the page too.
 			h = c.share(h)
 		}
-		mux.Handle(pattern, countAs(reqs.route(pattern), h))
+		mux.Handle(pattern, noteRoute(reqs.route(pattern), h))
 	}
 	handle("GET /livez", nil, handleLivez())
 	handle("GET /readyz", nil, handleReadyz(ready))
@@ -438,10 +463,11 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	handle("/", nil, handleNotFound())
 }
 
-// countAs notes in the request's info that it is counted under route m, for the access
-// log's metrics (see logRequests). The HTTP handlers run one after another in one
-// goroutine, so the note needs no lock.
-func countAs(m *routeMetrics, next http.Handler) http.Handler {
+// noteRoute records in the request's info that route m answered it, for its metrics and
+// span (see logRequests): the mux tells only the handler it picks (in r.Pattern), not the
+// layers around it. The HTTP handlers run one after another in one goroutine, so the note
+// needs no lock.
+func noteRoute(m *routeMetrics, next http.Handler) http.Handler {
 	if m == nil {
 		return next
 	}
@@ -509,16 +535,20 @@ func (rec *statusRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWri
 var recorders = sync.Pool{New: func() any { return new(statusRecorder) }}
 
 // logRequests writes one access-log line per HTTP request, with what the handlers noted in
-// its context: the key that called and, for a refusal, why.
-func logRequests(log *logger, reqs *requestMetrics, next http.Handler) http.Handler {
+// its context: the key that called and, for a refusal, why, and counts it. It puts the
+// request in its trace first, and ends its span (if tr makes them) when the answer is
+// written.
+func logRequests(log *logger, reqs *requestMetrics, tr trace.Tracer, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := recorders.Get().(*statusRecorder)
 		rec.ResponseWriter = w
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), infoKey{}, &rec.info)))
+		ctx, span := startHTTPSpan(context.WithValue(r.Context(), infoKey{}, &rec.info), tr, r, &rec.info)
+		next.ServeHTTP(rec, r.WithContext(ctx))
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
+		endHTTPSpan(span, r, rec.info.route.name(), rec.status)
 		e := &accessEntry{end: time.Now(), proto: r.Proto, method: r.Method, path: r.URL.Path,
 			// A 503 is the server shedding load or draining, as meant: not a failure.
 			status: rec.status, failed: rec.status >= 500 && rec.status != http.StatusServiceUnavailable}

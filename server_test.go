@@ -90,6 +90,12 @@ func startServer(t testing.TB, extraArgs ...string) *testServer {
 // startServerWith is startServer on the database db names (see testDSN).
 func startServerWith(t testing.TB, db string, extraArgs ...string) *testServer {
 	t.Helper()
+	return startServerEnv(t, db, nil, extraArgs...)
+}
+
+// startServerEnv is startServerWith with env as the environment run reads.
+func startServerEnv(t testing.TB, db string, env map[string]string, extraArgs ...string) *testServer {
+	t.Helper()
 	st, err := openStore(context.Background(), db, time.Now)
 	if err != nil {
 		t.Fatal(err)
@@ -103,16 +109,21 @@ func startServerWith(t testing.TB, db string, extraArgs ...string) *testServer {
 		t.Fatal(err)
 	}
 	st.Close()
-	return startServerOn(t, db, user, admin, extraArgs...)
+	return startServerOnEnv(t, db, user, admin, env, extraArgs...)
 }
 
 func startServerOn(t testing.TB, db, user, admin string, extraArgs ...string) *testServer {
+	t.Helper()
+	return startServerOnEnv(t, db, user, admin, nil, extraArgs...)
+}
+
+func startServerOnEnv(t testing.TB, db, user, admin string, env map[string]string, extraArgs ...string) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &logSink{addrc: make(chan string, 1)}
 	args := append([]string{"liveops", "-addr", "127.0.0.1:0", "-db", db, "-log-format", "json"}, extraArgs...)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, func(string) string { return "" }, io.Discard, logs) }()
+	go func() { done <- run(ctx, args, func(k string) string { return env[k] }, io.Discard, logs) }()
 
 	ts := &testServer{db: db, user: user, admin: admin, logs: logs}
 	var once sync.Once

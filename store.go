@@ -222,7 +222,10 @@ const defaultMaxIdleConns = 2
 // inTx runs fn in a write transaction and commits it when fn succeeds. Every error comes
 // back through storeError, wrapped with op. After a read-only or I/O failure the idle
 // connections are dropped, so that writes recover by themselves once the fault clears.
-func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) error {
+// In a traced request the transaction is a span of its own.
+func (st *store) inTx(ctx context.Context, op string, fn func(tx *dbTx) error) (err error) {
+	ctx, endSpan := txSpan(ctx, st.pg, op)
+	defer endSpan(&err)
 	if st.readOnly.Load() {
 		return st.storeError(op, errReadOnly)
 	}
@@ -484,8 +487,8 @@ func lockGeneration(ctx context.Context, tx *dbTx) error {
 }
 
 // recordWrite records a write to e made at at: a revision, numbered after the event's last
-// one and attributed to the actor in ctx, holding e as JSON; and one more events
-// generation, which it returns. Every write to events calls it before committing.
+// one and attributed to the actor in ctx and to its trace, holding e as JSON; and one more
+// events generation, which it returns. Every write to events calls it before committing.
 //
 // The revision carries the generation, so that a server holding an older snapshot can
 // read what changed since (see ChangesSince) instead of every event.
@@ -503,11 +506,11 @@ func recordWrite(ctx context.Context, tx *dbTx, action string, at time.Time, e E
 	}
 	// The casts tell PostgreSQL the types of placeholders that stand in a SELECT list.
 	_, err := tx.ExecContext(ctx,
-		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event, generation, version)
+		`INSERT INTO event_revisions (event_id, revision, action, key_id, at, event, generation, version, trace_id)
 		SELECT CAST(? AS TEXT), coalesce(max(revision), 0) + 1, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT),
-			CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
+			CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT)
 		FROM event_revisions WHERE event_id = ?`,
-		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), gen, e.Version, e.ID)
+		e.ID, action, actorFrom(ctx), at.UnixNano(), string(marshalJSON(toDoc(e, true))), gen, e.Version, traceIDFrom(ctx), e.ID)
 	return gen, err
 }
 

@@ -278,7 +278,7 @@ func TestAnExpiredDeadlineIsNotAnOutage(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errUnavailable) {
 			t.Fatalf("err = %v; want context.DeadlineExceeded, not errUnavailable", err)
 		}
-		if s, _ := grpcStatus(err); s.Code() != codes.DeadlineExceeded {
+		if s, _ := grpcStatus(context.Background(), err); s.Code() != codes.DeadlineExceeded {
 			t.Fatalf("gRPC status %v; want DeadlineExceeded", s.Code())
 		}
 		w := httptest.NewRecorder()

@@ -1219,7 +1219,10 @@ type Revision struct {
 	// Its status and next_start_time are not set.
 	Event *Event `protobuf:"bytes,6,opt,name=event,proto3" json:"event,omitempty"`
 	// key_name is the name the key was given when it was created, if any.
-	KeyName       string `protobuf:"bytes,7,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	KeyName string `protobuf:"bytes,7,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	// trace_id is the W3C trace id (32 hex digits) of the call that wrote, as in the access
+	// log and the exported spans; empty for an import and for writes older than trace ids.
+	TraceId       string `protobuf:"bytes,8,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1299,6 +1302,13 @@ func (x *Revision) GetEvent() *Event {
 func (x *Revision) GetKeyName() string {
 	if x != nil {
 		return x.KeyName
+	}
+	return ""
+}
+
+func (x *Revision) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
 	}
 	return ""
 }
@@ -1769,7 +1779,7 @@ const file_events_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x11.liveops.v1.EventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12;\n" +
 	"\vserver_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\"\xe4\x01\n" +
+	"serverTime\"\xff\x01\n" +
 	"\bRevision\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x16\n" +
@@ -1777,7 +1787,8 @@ const file_events_proto_rawDesc = "" +
 	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
 	"\x05event\x18\x06 \x01(\v2\x11.liveops.v1.EventR\x05event\x12\x19\n" +
-	"\bkey_name\x18\a \x01(\tR\akeyName\"r\n" +
+	"\bkey_name\x18\a \x01(\tR\akeyName\x12\x19\n" +
+	"\btrace_id\x18\b \x01(\tR\atraceId\"r\n" +
 	"\x19ListEventRevisionsRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
