@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // This file holds targeting: which players an event is for (its audience and rollout), the
@@ -130,7 +131,24 @@ type clientContext struct {
 	country  string   // ISO 3166-1 alpha-2, upper case
 	langs    []string // the client's languages, best first, as normalised BCP 47 tags
 	playerID string
-	zone     string // an IANA name or a fixed offset such as +09:00; "" for UTC
+	loc      *time.Location // the player's zone; nil for UTC
+	// defaultLocale is the locale of events' own title and description (-default-locale),
+	// against which the client's languages are matched too.
+	defaultLocale string
+}
+
+// verdict says why a client with context c is not in audience a: "audience" when it does
+// not match, "excluded" when its exclude does; "" when it is in.
+func (a *Audience) verdict(c *clientContext) string {
+	switch {
+	case a == nil:
+		return ""
+	case !a.includes(c, false):
+		return "audience"
+	case a.Exclude != nil && a.Exclude.includes(c, true):
+		return "excluded"
+	}
+	return ""
 }
 
 // matches reports whether a client with context c is in audience a (nil: everyone).

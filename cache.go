@@ -25,6 +25,8 @@ type answer struct {
 	second int64
 	until  time.Time
 	resp   *cachedResponse
+	// reused is set when a request other than the one that made it was answered with it.
+	reused atomic.Bool
 }
 
 func (a *answer) validAt(gen int64, now time.Time) bool {
@@ -39,12 +41,17 @@ func (a *answer) validAt(gen int64, now time.Time) bool {
 // Readers load the map without locking. Building an answer happens under mu, so that a
 // burst of requests for one variant encodes it once, and a flood of variants encodes one
 // at a time.
+//
+// Half of each bound is kept for answers that have been asked for more than once (warm):
+// a flood of one-off variants (a new player context every request, say) fills only the
+// other half, and never takes the place of the answers that many players share.
 type answerCache struct {
 	maxEntries int
 	maxBytes   int
 
 	answers atomic.Pointer[map[string]*answer]
 	mu      sync.Mutex
+	warm    map[string]bool // keys of answers reused once made; under mu
 }
 
 func newAnswerCache(maxEntries, maxBytes int) *answerCache {
@@ -58,12 +65,16 @@ func newAnswerCache(maxEntries, maxBytes int) *answerCache {
 // the ETag is made from, and until when the answer holds.
 func (c *answerCache) get(key string, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
 	if a := (*c.answers.Load())[key]; a.validAt(gen, now) {
+		if !a.reused.Load() {
+			a.reused.Store(true)
+		}
 		return a
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cur := *c.answers.Load()
 	if a := cur[key]; a.validAt(gen, now) {
+		a.reused.Store(true)
 		return a // another request made it while this one waited
 	}
 	body, tagged, until := build()
@@ -73,16 +84,32 @@ func (c *answerCache) get(key string, gen int64, now time.Time, build func() (bo
 	next := make(map[string]*answer, len(cur)+1)
 	size := 0
 	for k, old := range cur {
+		if old.reused.Load() {
+			c.remember(k)
+		}
 		if k != key && old.validAt(gen, now) {
 			next[k] = old
 			size += old.resp.size()
 		}
 	}
-	if len(next) < c.maxEntries && size+a.resp.size() <= c.maxBytes {
+	entries, bytes := c.maxEntries, c.maxBytes
+	if !c.warm[key] {
+		entries, bytes = entries/2, bytes/2
+	}
+	if len(next) < entries && size+a.resp.size() <= bytes {
 		next[key] = a
 	}
 	c.answers.Store(&next)
 	return a
+}
+
+// remember marks key as warm. The set is bounded like the cache: when full, it starts
+// over, and the answers reused since earn their place again.
+func (c *answerCache) remember(key string) {
+	if c.warm == nil || len(c.warm) >= 2*c.maxEntries {
+		c.warm = map[string]bool{}
+	}
+	c.warm[key] = true
 }
 
 // cachedResponse is a JSON body ready to send, with its ETag, made once; its gzip form is

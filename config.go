@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -31,8 +32,13 @@ type config struct {
 	corsOrigins []string // origins whose pages may read the player routes; none turns CORS off
 	// metricsAddr, when set, is a second listener serving GET /metrics without a key.
 	metricsAddr string
-	limits      limits
-	tracing     tracingConfig // from the OpenTelemetry variables, OTEL_*
+	// defaultLocale is the locale of events' own title and description.
+	defaultLocale string
+	// countryHeader names the request header a trusted front puts the client's country
+	// in; "" trusts none.
+	countryHeader string
+	limits        limits
+	tracing       tracingConfig // from the OpenTelemetry variables, OTEL_*
 }
 
 // limits bound what one client can make the server hold or do.
@@ -79,6 +85,10 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		"on PostgreSQL, hear other instances' writes at once through LISTEN/NOTIFY; polling every -reload-interval remains (env LIVEOPS_PG_NOTIFY=false turns it off, as for CockroachDB)")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", getenv("LIVEOPS_METRICS_ADDR"),
 		"also serve GET /metrics, without a key, on this address, such as 127.0.0.1:9464 or a private interface: for scrapers that cannot send a bearer key; never a public one (env LIVEOPS_METRICS_ADDR)")
+	fs.StringVar(&cfg.defaultLocale, "default-locale", envOr(getenv, "LIVEOPS_DEFAULT_LOCALE", "en"),
+		"the BCP 47 locale of events' own title and description; localizations add others (env LIVEOPS_DEFAULT_LOCALE)")
+	fs.StringVar(&cfg.countryHeader, "country-header", getenv("LIVEOPS_COUNTRY_HEADER"),
+		"a request header in which a trusted front (a CDN, a balancer) puts the client's ISO country code, such as CF-IPCountry; it wins over the client's country parameter. Off by default: set it only when every request comes through that front (env LIVEOPS_COUNTRY_HEADER)")
 	fs.DurationVar(&cfg.busyTimeout, "busy-timeout", 5*time.Second, "how long a write waits for another writer's lock before failing with UNAVAILABLE")
 	l := &cfg.limits
 	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 5*time.Second, "time a client has to send request headers")
@@ -107,6 +117,15 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	if cfg.corsOrigins, err = parseCORSOrigins(*corsOrigins); err != nil {
 		return config{}, err
+	}
+	if cfg.defaultLocale, err = normalizeLocale(cfg.defaultLocale); err != nil {
+		return config{}, fmt.Errorf("-default-locale: %v", err)
+	}
+	if cfg.countryHeader != "" {
+		if !validHeaderName(cfg.countryHeader) {
+			return config{}, fmt.Errorf("-country-header: %q is not a header name", cfg.countryHeader)
+		}
+		cfg.countryHeader = http.CanonicalHeaderKey(cfg.countryHeader)
 	}
 	if cfg.tracing, err = parseTracingConfig(getenv); err != nil {
 		return config{}, err
@@ -245,4 +264,19 @@ func (v daysDuration) Set(s string) error {
 	}
 	*v.d = d
 	return nil
+}
+
+// validHeaderName reports whether s is an HTTP header field name: one or more token
+// characters (RFC 9110).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }

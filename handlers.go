@@ -34,6 +34,9 @@ type eventJSON struct {
 	CreatedAt   time.Time  `json:"created_at"`
 	UpdatedAt   time.Time  `json:"updated_at"`
 	Version     int64      `json:"version"`
+	// Locale is the BCP 47 tag of the title and description: one of the event's
+	// localizations, or the server's -default-locale for its own text.
+	Locale string `json:"locale"`
 }
 
 // rawJSON is JSON text written as it is: rewards, which validation compacted.
@@ -41,12 +44,24 @@ type rawJSON string
 
 func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 
-// toJSON shapes e as it stands in v for players.
-func toJSON(e Event, v view) eventJSON {
+// toJSON shapes e as it stands in v for players, with its text in locale ("" for its own,
+// in defaultLocale).
+func toJSON(e Event, v view, locale, defaultLocale string) eventJSON {
 	j := eventJSON{
 		ID: e.ID, Title: e.Title, Description: e.Description, Status: v.status.String(),
 		StartTime: v.start, EndTime: v.end, Priority: e.Priority, Labels: e.Labels,
 		Rewards: rawJSON(e.Rewards), CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, Version: e.Version,
+		Locale: defaultLocale,
+	}
+	if l, ok := e.Localizations[locale]; ok {
+		j.Locale = locale
+		// A localization may translate only one of the two; the other stays the default.
+		if l.Title != "" {
+			j.Title = l.Title
+		}
+		if l.Description != "" {
+			j.Description = l.Description
+		}
 	}
 	if j.Labels == nil {
 		j.Labels = []string{}
@@ -63,7 +78,7 @@ func toJSON(e Event, v view) eventJSON {
 
 // playerListBody encodes a GET /events answer: {"server_time":...,"events":[...]}. It
 // returns the body and the events array alone, from which the ETag is made.
-func playerListBody(t time.Time, events []shown) (body, eventsJSON []byte) {
+func playerListBody(t time.Time, events []shown, defaultLocale string) (body, eventsJSON []byte) {
 	b := append([]byte(`{"server_time":"`), t.UTC().AppendFormat(nil, time.RFC3339)...)
 	b = append(b, `","events":`...)
 	start := len(b)
@@ -72,7 +87,7 @@ func playerListBody(t time.Time, events []shown) (body, eventsJSON []byte) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, marshalJSON(toJSON(s.e.Event, s.v))...)
+		b = append(b, s.e.fragment(s, defaultLocale)...)
 	}
 	b = append(b, ']')
 	end := len(b)
@@ -80,10 +95,38 @@ func playerListBody(t time.Time, events []shown) (body, eventsJSON []byte) {
 	return b, b[start:end]
 }
 
+// fragmentKey names one way an event is shown: the occurrence, its times and status, and
+// the locale of its text.
+type fragmentKey struct {
+	locale     string
+	start      int64
+	status     eventStatus
+	occurrence int
+}
+
+// maxFragments bounds the encodings an event keeps: one per locale and per way it is
+// shown, times the zones' offsets for a player-local one. Past it, it is encoded anew.
+const maxFragments = 256
+
+// fragment returns e's JSON as sh shows it, encoded once for every answer that lists it
+// that way: an answer is then copies of its events' bytes, however many players' answers
+// differ in which events they list.
+func (e *entry) fragment(sh shown, defaultLocale string) []byte {
+	k := fragmentKey{locale: sh.locale, start: sh.v.start.UnixNano(), status: sh.v.status, occurrence: sh.v.occurrence}
+	if b, ok := e.fragments.Load(k); ok {
+		return b.([]byte)
+	}
+	b := marshalJSON(toJSON(e.Event, sh.v, sh.locale, defaultLocale))
+	if e.fragmentCount.Add(1) <= maxFragments {
+		e.fragments.Store(k, b)
+	}
+	return b
+}
+
 // playerEventBody encodes a GET /events/{id} answer: the event with server_time first. It
 // returns the body and the event alone, from which the ETag is made.
-func playerEventBody(t time.Time, e Event, v view) (body, eventJSON []byte) {
-	event := marshalJSON(toJSON(e, v))
+func playerEventBody(t time.Time, sh shown, defaultLocale string) (body, eventJSON []byte) {
+	event := marshalJSON(toJSON(sh.e.Event, sh.v, sh.locale, defaultLocale))
 	b := append([]byte(`{"server_time":"`), t.UTC().AppendFormat(nil, time.RFC3339)...)
 	b = append(b, `",`...)
 	b = append(b, event[1:]...)
@@ -98,33 +141,116 @@ func playerEventBody(t time.Time, e Event, v view) (body, eventJSON []byte) {
 //	label=shop&label=pvp          only events with any of these labels
 //	at=2027-01-01T20:00:00Z       answer as of that instant; only with -allow-time-travel
 //
+//	platform=ios, client_version=1.4.2, country=FR, language=fr-CA, player_id=…,
+//	time_zone=Asia/Tokyo or utc_offset=+09:00
+//	                              the player's context, for targeted events (see clientctx.go)
+//
 // sharedMaxAge, when not 0, lets shared caches keep the answers that long (see serveCached).
-func handleEvents(rm *readModel, answers *answerCache, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
+//
+// While no event players can see is targeted, every player gets the same answer and the
+// context is only checked. Otherwise the answer is picked by the events this player is
+// shown (and their text's locale, and their times where they are player-local): every
+// player shown the same selection shares one encoded answer, however many players there
+// are.
+func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var v url.Values
 		var q playerQuery
 		var at time.Time
 		if r.URL.RawQuery != "" {
+			v = r.URL.Query()
 			var err error
-			if q, at, err = parsePlayerQuery(r.URL.Query(), allowTimeTravel); err != nil {
+			if q, at, err = parsePlayerQuery(v, allowTimeTravel); err != nil {
 				writeError(w, r, err)
 				return
 			}
 		}
 		snap := rm.snapshot()
+		c, err := tg.contextFor(w, r, v, snap.targeted, rm.zones)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
 		if !at.IsZero() {
 			// Time travel is for testing: never cached, here or by the client.
-			events, _ := snap.playerEvents(at, q)
-			serveCached(w, r, newCachedResponse(playerListBody(at, events)), 0, 0)
+			events, _ := snap.playerEvents(at, q, c)
+			serveCached(w, r, newCachedResponse(playerListBody(at, events, tg.defaultLocale)), 0, 0)
 			return
 		}
 		now := rm.now()
-		a := answers.get(q.key(), snap.gen, now, func() ([]byte, []byte, time.Time) {
-			events, until := snap.playerEvents(now, q)
-			body, tagged := playerListBody(now, events)
+		if c == nil {
+			a := answers.get(q.key(), snap.gen, now, func() ([]byte, []byte, time.Time) {
+				events, until := snap.playerEvents(now, q, nil)
+				body, tagged := playerListBody(now, events, tg.defaultLocale)
+				return body, tagged, until
+			})
+			serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
+			return
+		}
+		events, until := snap.playerEvents(now, q, c)
+		a := answers.get(selectionKey(q, events, until), snap.gen, now, func() ([]byte, []byte, time.Time) {
+			body, tagged := playerListBody(now, events, tg.defaultLocale)
 			return body, tagged, until
 		})
 		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})
+}
+
+// contextFor reads the player's context when the answer can depend on it (targeted), and
+// adds what it read from headers to Vary; it returns nil when the answer cannot depend on
+// it. Context parameters are checked either way: a malformed one is a 400 whatever the
+// events are.
+func (tg targeting) contextFor(w http.ResponseWriter, r *http.Request, v url.Values, targeted bool, z *zones) (*clientContext, error) {
+	if !targeted && !hasAny(v, contextParams) {
+		return nil, nil
+	}
+	c, vary, err := tg.clientContextFrom(v, r.Header, z)
+	if err != nil || !targeted {
+		return nil, err
+	}
+	if len(vary) > 0 {
+		h := w.Header()
+		h["Vary"] = append(h["Vary"], vary...)
+	}
+	return &c, nil
+}
+
+func hasAny(v url.Values, names []string) bool {
+	for _, n := range names {
+		if _, ok := v[n]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// selectionKey names, in the answer cache, the answer of a player shown events (with
+// their views and locales) whose answer holds until until, asking q: every player shown
+// the same gets the same key.
+func selectionKey(q playerQuery, events []shown, until time.Time) string {
+	b := make([]byte, 0, 64+len(events)*48)
+	b = append(b, q.key()...)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, until.UnixNano(), 36)
+	for _, s := range events {
+		b = append(b, '|')
+		b = append(b, s.e.ID...)
+		b = append(b, ',')
+		b = strconv.AppendInt(b, int64(s.v.occurrence), 36)
+		if s.e.TimeMode == timeModePlayerLocal {
+			b = append(b, ',')
+			b = strconv.AppendInt(b, s.v.start.Unix(), 36)
+		}
+		b = append(b, ',')
+		b = append(b, s.locale...)
+	}
+	return string(b)
+}
+
+// playerAnswer is the body GET /events answers with events at t.
+func playerAnswer(t time.Time, events []shown, defaultLocale string) []byte {
+	body, _ := playerListBody(t, events, defaultLocale)
+	return body
 }
 
 // key names q in the answer cache: the same for every spelling of one question.
@@ -193,17 +319,19 @@ func parseAt(v url.Values, allowTimeTravel bool) (time.Time, error) {
 // handleEvent serves GET /events/{id}: the event while players may see it (previewed,
 // active or ended). A draft, or an event not yet previewed or started, is 404, so the
 // schedule cannot be read early. It takes at like GET /events.
-func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
+func handleEvent(rm *readModel, answers *answerCache, tg targeting, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		if err := checkID("id", id); err != nil {
 			writeError(w, r, err)
 			return
 		}
+		var v url.Values
 		var at time.Time
 		if r.URL.RawQuery != "" {
+			v = r.URL.Query()
 			var err error
-			if at, err = parseAt(r.URL.Query(), allowTimeTravel); err != nil {
+			if at, err = parseAt(v, allowTimeTravel); err != nil {
 				writeError(w, r, err)
 				return
 			}
@@ -215,21 +343,31 @@ func handleEvent(rm *readModel, answers *answerCache, allowTimeTravel bool, shar
 		}
 		snap := rm.snapshot()
 		e, ok := snap.get(id)
-		var v view
-		if ok {
-			v = e.viewAt(t)
+		c, err := tg.contextFor(w, r, v, ok && e.targeted, rm.zones)
+		if err != nil {
+			writeError(w, r, err)
+			return
 		}
-		if !ok || !v.visible {
+		var sh shown
+		if ok && e.State != stateDraft {
+			sh, _ = e.forPlayer(t, c)
+		}
+		// An event this player is not shown is, to this player, not there.
+		if sh.e == nil || !sh.v.visible {
 			writeError(w, r, &notFoundError{"no event with id " + id})
 			return
 		}
 		if !at.IsZero() {
-			serveCached(w, r, newCachedResponse(playerEventBody(t, e.Event, v)), 0, 0)
+			serveCached(w, r, newCachedResponse(playerEventBody(t, sh, tg.defaultLocale)), 0, 0)
 			return
 		}
-		a := answers.get("event/"+id, snap.gen, now, func() ([]byte, []byte, time.Time) {
-			body, tagged := playerEventBody(now, e.Event, v)
-			return body, tagged, v.until
+		key := "event/" + id
+		if c != nil {
+			key += "|" + sh.locale + "|" + strconv.FormatInt(sh.v.start.Unix(), 36)
+		}
+		a := answers.get(key, snap.gen, now, func() ([]byte, []byte, time.Time) {
+			body, tagged := playerEventBody(now, sh, tg.defaultLocale)
+			return body, tagged, sh.v.until
 		})
 		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})

@@ -109,7 +109,7 @@ func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) (err error) {
 		next = next.with(c.lastGen, c.event, c.id)
 	}
 	if next.gen != gen {
-		next = &snapshot{zones: next.zones, gen: gen, builtAt: next.builtAt, ordered: next.ordered, byID: next.byID, open: next.open}
+		next = &snapshot{zones: next.zones, gen: gen, builtAt: next.builtAt, ordered: next.ordered, byID: next.byID, open: next.open, targeted: next.targeted}
 	}
 	rm.snap.Store(next)
 	now := rm.now()
@@ -153,16 +153,49 @@ type entry struct {
 	sched     schedule
 	firstSeen time.Time // when players may first see it: its preview time, else its start
 	end       time.Time // when its last occurrence ends; forever for an endless recurrence
+	// targeted is set when players may see the event differently: it has an audience, a
+	// rollout, localized text or player-local times.
+	targeted bool
+	// zoned holds a PLAYER_LOCAL event's schedule in each zone players asked from, by zone
+	// name: at most one per zone in the tz database, and per whole quarter-hour offset.
+	zoned sync.Map
+	// fragments holds its JSON as players are shown it (see fragment), by fragmentKey.
+	fragments     sync.Map
+	fragmentCount atomic.Int32
 }
 
 func newEntry(e Event, z *zones) *entry {
 	en := &entry{Event: e, sched: newSchedule(&e, z)}
 	en.firstSeen = en.Start.Add(-en.sched.lead)
 	en.end = en.sched.seriesEnd()
+	if e.TimeMode == timeModePlayerLocal {
+		// Its times come first at UTC+14 and last at UTC-12: open must hold it that long.
+		en.firstSeen = en.firstSeen.Add(-earliestOffset)
+		if en.end != forever {
+			en.end = en.end.Add(latestOffset)
+		}
+	}
+	en.targeted = e.Audience != nil || e.RolloutPercent > 0 && e.RolloutPercent < 100 ||
+		len(e.Localizations) > 0 || e.TimeMode == timeModePlayerLocal
 	return en
 }
 
+// viewAt is how e stands at t for a player in UTC, or, for an event on UTC time, anywhere.
 func (e *entry) viewAt(t time.Time) view { return e.Event.viewAt(&e.sched, t) }
+
+// viewFor is how e stands at t for a player in loc (nil: UTC).
+func (e *entry) viewFor(t time.Time, loc *time.Location) view {
+	if e.TimeMode != timeModePlayerLocal || loc == nil || loc == time.UTC {
+		return e.viewAt(t)
+	}
+	s, ok := e.zoned.Load(loc.String())
+	if !ok {
+		local := e.inZone(loc)
+		sched := scheduleIn(&local, loc)
+		s, _ = e.zoned.LoadOrStore(loc.String(), &sched)
+	}
+	return e.Event.viewAt(s.(*schedule), t)
+}
 
 // viewOf works out how e, which need not be in any snapshot (an event just written, say),
 // stands at t.
@@ -174,11 +207,14 @@ func (rm *readModel) viewOf(e Event, t time.Time) view {
 // snapshot is every event at one events generation. It is never modified: a write makes a
 // new snapshot that shares all but a few chunks of each list with the one before (see seq).
 type snapshot struct {
-	zones   *zones // shared by every snapshot of one read model
-	gen     int64
-	builtAt time.Time // when open was last pruned of ended events
-	ordered seq       // every event in list order: priority (highest first), start time, id
-	byID    seq       // every event, ordered by id
+	zones *zones // shared by every snapshot of one read model
+	gen   int64
+	// targeted is set when open may hold a targeted event: players' answers may then
+	// differ by their context. (A delete does not clear it; a prune does.)
+	targeted bool
+	builtAt  time.Time // when open was last pruned of ended events
+	ordered  seq       // every event in list order: priority (highest first), start time, id
+	byID     seq       // every event, ordered by id
 	// open holds the published events that had not ended at builtAt, ordered by when
 	// players may first see them: the only ones players can see now or later, so working out
 	// what they see costs nothing for events that ended before, however many there are.
@@ -220,7 +256,8 @@ func newSnapshot(gen int64, events []Event, now time.Time, z *zones) *snapshot {
 		}
 	}
 	slices.SortFunc(open, openOrder)
-	return &snapshot{zones: z, gen: gen, builtAt: now, ordered: newSeq(ordered), byID: newSeq(byID), open: newSeq(open)}
+	return &snapshot{zones: z, gen: gen, builtAt: now, ordered: newSeq(ordered), byID: newSeq(byID), open: newSeq(open),
+		targeted: slices.ContainsFunc(open, func(e *entry) bool { return e.targeted })}
 }
 
 // with returns a copy of s at generation gen with e written (inserted or replaced) or the
@@ -238,7 +275,7 @@ func (s *snapshot) with(gen int64, e *Event, deletedID string) *snapshot {
 	if added != nil && isOpen(added, s.builtAt) {
 		addedOpen = added
 	}
-	return &snapshot{zones: s.zones, gen: gen, builtAt: s.builtAt,
+	return &snapshot{zones: s.zones, gen: gen, builtAt: s.builtAt, targeted: s.targeted || addedOpen != nil && addedOpen.targeted,
 		ordered: s.ordered.with(old, added, listOrder),
 		byID:    s.byID.with(old, added, byIDOnly),
 		open:    s.open.with(old, addedOpen, openOrder),
@@ -251,6 +288,13 @@ func (s *snapshot) pruned(now time.Time) *snapshot {
 	next := *s
 	next.builtAt = now
 	next.open = s.open.filter(func(e *entry) bool { return e.end.After(now) })
+	next.targeted = false
+	for e := range next.open.all() {
+		if e.targeted {
+			next.targeted = true
+			break
+		}
+	}
 	return &next
 }
 
@@ -316,15 +360,72 @@ func hasAnyLabel(labels, want []string) bool {
 	return false
 }
 
-// shown is an event with its view, as a list shows it.
+// shown is an event with its view, as a list shows it, and the locale of its text ("" for
+// the event's own title and description).
 type shown struct {
-	e *entry
-	v view
+	e      *entry
+	v      view
+	locale string
+}
+
+// hiddenEvent is an event a player is not shown, and why: "audience", "excluded",
+// "rollout", "draft", "not_yet_previewed", "ended", or "not_requested" (the statuses or
+// labels asked for leave it out).
+type hiddenEvent struct {
+	e      *entry
+	reason string
+}
+
+// decide works out whether e is shown to a player with context c (nil: one who declares
+// nothing) asking q at t: its view and text locale when it is, or why not. The view is
+// worked out only for an event the player is in the audience and rollout of: no other
+// event's changes can change this player's answer.
+func (e *entry) decide(t time.Time, q playerQuery, c *clientContext) (shown, string) {
+	if e.State == stateDraft {
+		return shown{}, "draft"
+	}
+	sh, why := e.forPlayer(t, c)
+	if why != "" {
+		return sh, why
+	}
+	switch {
+	case q.matches(e.Labels, sh.v):
+		return sh, ""
+	case sh.v.status == statusEnded:
+		return sh, "ended"
+	case sh.v.status == statusUpcoming && !sh.v.listed:
+		return sh, "not_yet_previewed"
+	}
+	return sh, "not_requested"
+}
+
+// undeclared is the context of a player who declares nothing.
+var undeclared clientContext
+
+// forPlayer works out how e stands at t for a player with context c (nil: one who declares
+// nothing), and the locale of its text; or why the player is not shown it at all:
+// "audience", "excluded" or "rollout".
+func (e *entry) forPlayer(t time.Time, c *clientContext) (shown, string) {
+	if c == nil {
+		c = &undeclared
+	}
+	if why := e.Audience.verdict(c); why != "" {
+		return shown{}, why
+	}
+	if !inRollout(e.ID, c.playerID, e.RolloutPercent) {
+		return shown{}, "rollout"
+	}
+	sh := shown{e: e, v: e.viewFor(t, c.loc)}
+	if len(e.Localizations) > 0 {
+		sh.locale = chooseLocale(e.Localizations, c.langs, c.defaultLocale)
+	}
+	return sh, ""
 }
 
 // playerEvents returns what players asking q see at t, in list order (priority, then the
-// shown occurrence's start, then id), and until when that answer holds.
-func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time) {
+// shown occurrence's start, then id), and until when that answer holds. c is the player's
+// context; nil is one who declares nothing.
+func (s *snapshot) playerEvents(t time.Time, q playerQuery, c *clientContext) ([]shown, time.Time) {
 	until := forever
 	var out []shown
 	candidates := s.open.all()
@@ -340,12 +441,43 @@ func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time)
 			until = minTime(until, e.firstSeen)
 			break
 		}
-		v := e.viewAt(t)
-		until = minTime(until, v.until)
-		if q.matches(e.Labels, v) {
-			out = append(out, shown{e, v})
+		sh, why := e.decide(t, q, c)
+		if sh.e == nil {
+			continue // not for this player, whatever happens to it
+		}
+		until = minTime(until, sh.v.until)
+		if why == "" {
+			out = append(out, sh)
 		}
 	}
+	sortShown(out)
+	return out, until
+}
+
+// playerView is what a player with context c asking q sees at t, as playerEvents says, and
+// every other event with why it is not shown: what PreviewPlayerView answers.
+func (s *snapshot) playerView(t time.Time, q playerQuery, c *clientContext) ([]shown, []hiddenEvent) {
+	var out []shown
+	var hidden []hiddenEvent
+	for e := range s.ordered.all() {
+		if e.firstSeen.After(t) && e.State != stateDraft {
+			hidden = append(hidden, hiddenEvent{e, "not_yet_previewed"})
+			continue
+		}
+		sh, why := e.decide(t, q, c)
+		if why != "" {
+			hidden = append(hidden, hiddenEvent{e, why})
+			continue
+		}
+		out = append(out, sh)
+	}
+	sortShown(out)
+	return out, hidden
+}
+
+// sortShown puts a list in its order: priority (highest first), then the shown
+// occurrence's start, then id.
+func sortShown(out []shown) {
 	slices.SortFunc(out, func(a, b shown) int {
 		if c := cmp.Compare(b.e.Priority, a.e.Priority); c != 0 {
 			return c
@@ -355,7 +487,6 @@ func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time)
 		}
 		return cmp.Compare(a.e.ID, b.e.ID)
 	})
-	return out, until
 }
 
 // adminQuery is a checked ListEvents request.
@@ -416,7 +547,7 @@ func (s *snapshot) adminPage(t time.Time, q adminQuery) ([]shown, *pageKey, time
 			return out, &pageKey{Priority: last.Priority, Start: last.Start.UnixNano(), ID: last.ID, Filter: q.filter}, until
 		}
 		until = minTime(until, v.until)
-		out = append(out, shown{e, v})
+		out = append(out, shown{e: e, v: v})
 	}
 	return out, nil, until
 }

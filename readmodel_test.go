@@ -93,7 +93,7 @@ func TestActiveWindowBoundaries(t *testing.T) {
 	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "window", t0, t0.Add(time.Hour))
-	h := handleEvents(rm, newAnswerCache(16, 1<<20), false, 0)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), targeting{defaultLocale: "en"}, false, 0)
 
 	tests := []struct {
 		name   string
@@ -124,7 +124,7 @@ func TestBoundaryInTimeChangesTheAnswerWithoutAWrite(t *testing.T) {
 	st, rm := newTestReadModel(t, c)
 	write(t, st, rm, "now", t0.Add(-time.Hour), t0.Add(time.Hour))
 	write(t, st, rm, "soon", t0.Add(10*time.Minute), t0.Add(2*time.Hour))
-	h := handleEvents(rm, newAnswerCache(16, 1<<20), false, 0)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), targeting{defaultLocale: "en"}, false, 0)
 
 	resp := getEvents(t, h, nil)
 	if got := activeTitles(t, resp); got != "now" {
@@ -160,7 +160,7 @@ func TestActiveOrdering(t *testing.T) {
 	if tie.ID < late.ID {
 		want = "early,tie,late"
 	}
-	if got := activeTitles(t, getEvents(t, handleEvents(rm, newAnswerCache(16, 1<<20), false, 0), nil)); got != want {
+	if got := activeTitles(t, getEvents(t, handleEvents(rm, newAnswerCache(16, 1<<20), targeting{defaultLocale: "en"}, false, 0), nil)); got != want {
 		t.Fatalf("GET /events order = %s; want %s (start time, then id)", got, want)
 	}
 }
@@ -168,7 +168,7 @@ func TestActiveOrdering(t *testing.T) {
 func TestWriteIsVisibleToTheNextRead(t *testing.T) {
 	c := newClock(t0)
 	st, rm := newTestReadModel(t, c)
-	h := handleEvents(rm, newAnswerCache(16, 1<<20), false, 0)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), targeting{defaultLocale: "en"}, false, 0)
 	if got := activeTitles(t, getEvents(t, h, nil)); got != "" {
 		t.Fatalf("empty database: %q", got)
 	}
@@ -352,7 +352,7 @@ func TestConditionalRequestsAndCaching(t *testing.T) {
 	for range 10 { // enough to be worth compressing
 		write(t, st, rm, "a festival with a reasonably long title", t0.Add(-time.Hour), t0.Add(20*time.Second))
 	}
-	h := handleEvents(rm, newAnswerCache(16, 1<<20), false, 0)
+	h := handleEvents(rm, newAnswerCache(16, 1<<20), targeting{defaultLocale: "en"}, false, 0)
 
 	resp := getEvents(t, h, nil)
 	etag := resp.Header.Get("ETag")

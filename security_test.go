@@ -35,7 +35,7 @@ func TestEveryRouteAndRPCHasARole(t *testing.T) {
 	// addRoutes panics on a route routeRoles does not list; the other way round, every
 	// entry of routeRoles must be a route the mux really serves.
 	mux := http.NewServeMux()
-	addRoutes(mux, &guard{}, st, svc.events, svc.ready, newAnswerCache(1, 1), nil, svc.metrics, false, 0, cors{})
+	addRoutes(mux, &guard{}, st, svc.events, svc.ready, newAnswerCache(1, 1), nil, svc.metrics, targeting{}, false, 0, cors{})
 	for pattern := range routeRoles {
 		method, path, ok := strings.Cut(pattern, " ")
 		if !ok {

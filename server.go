@@ -199,7 +199,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	metrics := metricsHandler(reg, log)
 	mux := http.NewServeMux()
 	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), reqs, metrics,
-		cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
+		targeting{defaultLocale: cfg.defaultLocale, countryHeader: cfg.countryHeader}, cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
 	// Last, once nothing else can fail: the provider runs an exporter until shut down.
 	tp, err := newTracerProvider(ctx, cfg.tracing, log)
 	if err != nil {
@@ -424,7 +424,7 @@ func isGRPC(contentType string) bool {
 // routes for players' keys are the ones browser games call, so they follow the CORS
 // policy c, errors included.
 func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *readiness, answers *answerCache,
-	reqs *requestMetrics, metrics http.Handler, allowTimeTravel bool, sharedMaxAge time.Duration, c cors) {
+	reqs *requestMetrics, metrics http.Handler, tg targeting, allowTimeTravel bool, sharedMaxAge time.Duration, c cors) {
 	handle := func(pattern string, params []string, h http.Handler) {
 		need, ok := routeRoles[pattern]
 		if !ok {
@@ -446,8 +446,8 @@ func addRoutes(mux *http.ServeMux, g *guard, st *store, rm *readModel, ready *re
 	handle("GET /livez", nil, handleLivez())
 	handle("GET /readyz", nil, handleReadyz(ready))
 	handle("GET /healthz", nil, handleReadyz(ready)) // the name older probes use; the same as /readyz
-	handle("GET /events", []string{"status", "label", "at"}, handleEvents(rm, answers, allowTimeTravel, sharedMaxAge))
-	handle("GET /events/{id}", []string{"at"}, handleEvent(rm, answers, allowTimeTravel, sharedMaxAge))
+	handle("GET /events", append([]string{"status", "label", "at"}, contextParams...), handleEvents(rm, answers, tg, allowTimeTravel, sharedMaxAge))
+	handle("GET /events/{id}", append([]string{"at"}, contextParams...), handleEvent(rm, answers, tg, allowTimeTravel, sharedMaxAge))
 	// Browsers ask these, without a key, before a GET from another origin that sends one.
 	handle("OPTIONS /events", nil, c.preflight("GET, HEAD"))
 	handle("OPTIONS /events/{id}", nil, c.preflight("GET, HEAD"))
