@@ -264,3 +264,80 @@ func etagListMatches(values []string, etag string) bool {
 	}
 	return false
 }
+
+// selectionCache holds the answers for targeted players, by the selection of events they
+// are shown (see selectionKey). There are many more of those than query variants, so
+// unlike answerCache it is a map under a read-write lock, changed in place: a new answer
+// costs a map insert, not a copy of the map. Answers are made outside the lock (two
+// requests for a new selection may both make it), and those of a past second or snapshot
+// are swept once per second. It keeps answerCache's bounds and its warm half.
+type selectionCache struct {
+	maxEntries int
+	maxBytes   int
+
+	mu      sync.RWMutex
+	answers map[string]*answer
+	bytes   int
+	swept   int64 // the second (Unix) of the last sweep
+	sweptAt int64 // and the generation
+	warm    map[string]bool
+}
+
+func newSelectionCache(maxEntries, maxBytes int) *selectionCache {
+	return &selectionCache{maxEntries: maxEntries, maxBytes: maxBytes, answers: map[string]*answer{}, warm: map[string]bool{}}
+}
+
+// get is answerCache.get for a selection key.
+func (c *selectionCache) get(key string, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
+	c.mu.RLock()
+	a := c.answers[key]
+	c.mu.RUnlock()
+	if a.validAt(gen, now) {
+		if !a.reused.Load() {
+			a.reused.Store(true)
+		}
+		return a
+	}
+	body, tagged, until := build()
+	a = &answer{gen: gen, second: now.Unix(), until: until, resp: newCachedResponse(body, tagged)}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.swept != now.Unix() || c.sweptAt != gen {
+		c.sweep(gen, now)
+	}
+	if old, ok := c.answers[key]; ok {
+		if old.validAt(gen, now) {
+			return old // another request made it meanwhile
+		}
+		c.bytes -= old.resp.size()
+		delete(c.answers, key)
+	}
+	entries, bytes := c.maxEntries, c.maxBytes
+	if !c.warm[key] {
+		entries, bytes = entries/2, bytes/2
+	}
+	if len(c.answers) < entries && c.bytes+a.resp.size() <= bytes {
+		c.answers[key] = a
+		c.bytes += a.resp.size()
+	}
+	return a
+}
+
+// sweep drops the answers no longer valid at now, remembering those that were reused as
+// warm. c.mu must be held.
+func (c *selectionCache) sweep(gen int64, now time.Time) {
+	if len(c.warm) >= 2*c.maxEntries {
+		c.warm = map[string]bool{}
+	}
+	for k, a := range c.answers {
+		if a.reused.Load() {
+			c.warm[k] = true
+		}
+		if !a.validAt(gen, now) {
+			c.bytes -= a.resp.size()
+			delete(c.answers, k)
+		}
+	}
+	c.swept, c.sweptAt = now.Unix(), gen
+}

@@ -21,6 +21,8 @@ var contextParams = []string{"platform", "client_version", "country", "language"
 type targeting struct {
 	defaultLocale string
 	countryHeader string // canonical header name; "" to trust none
+	// selections holds targeted players' answers.
+	selections *selectionCache
 }
 
 // clientContextFrom reads a player's context from a request's query values v and headers

@@ -188,7 +188,7 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 			return
 		}
 		events, until := snap.playerEvents(now, q, c)
-		a := answers.get(selectionKey(q, events, until), snap.gen, now, func() ([]byte, []byte, time.Time) {
+		a := tg.selections.get(selectionKey(q, events, until), snap.gen, now, func() ([]byte, []byte, time.Time) {
 			body, tagged := playerListBody(now, events, tg.defaultLocale)
 			return body, tagged, until
 		})

@@ -199,7 +199,8 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	metrics := metricsHandler(reg, log)
 	mux := http.NewServeMux()
 	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), reqs, metrics,
-		targeting{defaultLocale: cfg.defaultLocale, countryHeader: cfg.countryHeader}, cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
+		targeting{defaultLocale: cfg.defaultLocale, countryHeader: cfg.countryHeader,
+			selections: newSelectionCache(maxCachedSelections, maxCachedSelectionBytes)}, cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
 	// Last, once nothing else can fail: the provider runs an exporter until shut down.
 	tp, err := newTracerProvider(ctx, cfg.tracing, log)
 	if err != nil {
@@ -218,6 +219,14 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 const (
 	maxCachedAnswers     = 256
 	maxCachedAnswerBytes = 32 << 20
+)
+
+// The bounds of the targeted players' answers, one per selection of events (see
+// selectionCache): a selection is typically 10 KB, and a game with a few audiences,
+// rollouts and locales has hundreds to a few thousand of them.
+const (
+	maxCachedSelections     = 4096
+	maxCachedSelectionBytes = 64 << 20
 )
 
 // watchDatabase keeps the in-memory keys and events current until ctx ends. Every poll it

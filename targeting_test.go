@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -34,8 +35,8 @@ func readModelOf(t testing.TB, c *clock, events ...Event) *readModel {
 }
 
 // targetedHandler is GET /events and GET /events/{id} over rm, as addRoutes mounts them.
-func targetedHandler(rm *readModel, answers *answerCache) http.Handler {
-	tg := targeting{defaultLocale: "en"}
+func targetedHandler(rm *readModel, answers *answerCache, selections *selectionCache) http.Handler {
+	tg := targeting{defaultLocale: "en", selections: selections}
 	mux := http.NewServeMux()
 	mux.Handle("GET /events", onlyParams(append([]string{"status", "label", "at"}, contextParams...), handleEvents(rm, answers, tg, true, 0)))
 	mux.Handle("GET /events/{id}", onlyParams(append([]string{"at"}, contextParams...), handleEvent(rm, answers, tg, true, 0)))
@@ -92,7 +93,7 @@ func TestTargetedEventsByContext(t *testing.T) {
 		on("not-cn", &Audience{Exclude: &Audience{Countries: []string{"CN"}}}),
 		Event{Title: "half", Start: t0.Add(-time.Hour), End: t0.Add(time.Hour), RolloutPercent: 50},
 	)
-	h := targetedHandler(rm, newAnswerCache(64, 1<<20))
+	h := targetedHandler(rm, newAnswerCache(64, 1<<20), newSelectionCache(64, 1<<20))
 	// A player in the 50% rollout and one out of it.
 	var half *entry
 	for e := range rm.snapshot().ordered.all() {
@@ -152,7 +153,7 @@ func TestTargetedEventsByContext(t *testing.T) {
 func TestTargetingParametersAreChecked(t *testing.T) {
 	c := newClock(t0)
 	rm := readModelOf(t, c, Event{Title: "all", Start: t0, End: t0.Add(time.Hour)})
-	h := targetedHandler(rm, newAnswerCache(64, 1<<20))
+	h := targetedHandler(rm, newAnswerCache(64, 1<<20), newSelectionCache(64, 1<<20))
 	for query, field := range map[string]string{
 		"platform=gameboy":   "platform",
 		"client_version=1.x": "client_version",
@@ -188,7 +189,7 @@ func TestLocalizedTextVaryAndETags(t *testing.T) {
 	c := newClock(t0)
 	rm := readModelOf(t, c, Event{Title: "Festival", Description: "Fun", Start: t0.Add(-time.Hour), End: t0.Add(time.Hour),
 		Localizations: map[string]Localization{"fr": {Title: "Fête", Description: "Joie"}, "fr-CA": {Title: "Party"}, "de": {Title: "Fest"}}})
-	h := targetedHandler(rm, newAnswerCache(64, 1<<20))
+	h := targetedHandler(rm, newAnswerCache(64, 1<<20), newSelectionCache(64, 1<<20))
 	tests := []struct {
 		query, acceptLanguage, title, description, locale string
 	}{
@@ -250,7 +251,7 @@ func TestPlayerLocalTime(t *testing.T) {
 	evening := Event{Title: "evening", Start: at("2026-06-01T18:00:00Z"), End: at("2026-06-01T20:00:00Z"), TimeMode: timeModePlayerLocal}
 	c := newClock(at("2026-03-20T00:00:00Z"))
 	rm := readModelOf(t, c, daily, evening)
-	h := targetedHandler(rm, newAnswerCache(64, 1<<20))
+	h := targetedHandler(rm, newAnswerCache(64, 1<<20), newSelectionCache(64, 1<<20))
 
 	tests := []struct {
 		name, zone, at, wantStart string // wantStart "" for not active
@@ -295,8 +296,8 @@ func TestRandomContextFloodKeepsSharedAnswers(t *testing.T) {
 	events = append(events, Event{Title: "all", Start: t0.Add(-time.Hour), End: t0.Add(time.Hour)})
 	rm := readModelOf(t, c, events...)
 	const entries, bytes = 32, 1 << 20
-	answers := newAnswerCache(entries, bytes)
-	h := targetedHandler(rm, answers)
+	selections := newSelectionCache(entries, bytes)
+	h := targetedHandler(rm, newAnswerCache(entries, bytes), selections)
 
 	regular := "player_id=regular-player"
 	_, want := ask(t, h, "/events", regular, nil)
@@ -315,7 +316,9 @@ func TestRandomContextFloodKeepsSharedAnswers(t *testing.T) {
 	for range 20 {
 		second()
 	}
-	cached := *answers.answers.Load()
+	selections.mu.RLock()
+	cached := maps.Clone(selections.answers)
+	selections.mu.RUnlock()
 	size := 0
 	for _, a := range cached {
 		size += a.resp.size()
@@ -331,4 +334,83 @@ func TestRandomContextFloodKeepsSharedAnswers(t *testing.T) {
 	if _, got := ask(t, h, "/events", regular, nil); shownTitles(got) != shownTitles(want) {
 		t.Errorf("regular player: %s, then %s", shownTitles(want), shownTitles(got))
 	}
+}
+
+// benchmarkEvents are 20 active events, half of them targeted (platforms, countries,
+// languages, versions, rollouts), all localized into 5 locales.
+func benchmarkEvents() []Event {
+	locs := map[string]Localization{}
+	for _, l := range []string{"fr", "de", "ja", "pt-BR", "es"} {
+		locs[l] = Localization{Title: "Event in " + l, Description: "A description of typical length for a game client card, in " + l + "."}
+	}
+	audiences := []*Audience{
+		{Platforms: []string{"ios"}}, {Platforms: []string{"android"}}, {Countries: []string{"FR", "DE"}},
+		{Languages: []string{"ja"}}, {MinVersion: "2.0.0"}, {Exclude: &Audience{Countries: []string{"US"}}},
+		nil, nil, nil, nil, // rollouts
+	}
+	var events []Event
+	for i := range 20 {
+		e := Event{Title: fmt.Sprintf("Active event %d", i), Description: "A description of typical length for a game client card.",
+			Start: t0.Add(-time.Duration(i+1) * time.Hour), End: t0.Add(24 * time.Hour), Rewards: `{"items":[{"id":"gem","qty":50}]}`,
+			Localizations: locs}
+		if i < len(audiences) {
+			e.Audience = audiences[i]
+			if e.Audience == nil {
+				e.RolloutPercent = int32(10 * (i - 5))
+			}
+		}
+		events = append(events, e)
+	}
+	return events
+}
+
+// benchmarkContexts are n player contexts, as query strings: each a player of its own, on
+// one of five platforms, languages and countries, and two client versions.
+func benchmarkContexts(n int) []string {
+	platforms := []string{"ios", "android", "windows", "web", "switch"}
+	langs := []string{"en", "fr", "de", "ja", "pt-BR"}
+	countries := []string{"US", "FR", "DE", "JP", "BR"}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("player_id=p%d&platform=%s&language=%s&country=%s&client_version=%d.1.0",
+			i, platforms[i%5], langs[i/5%5], countries[i/25%5], 1+i/125%2)
+	}
+	return out
+}
+
+// BenchmarkGetEventsTargeted is GET /events over 20 active events, half targeted and all
+// in 5 locales, for requests cycling through 10,000 player contexts (targeted), against the
+// same events untargeted and requests without a context (untargeted).
+func BenchmarkGetEventsTargeted(b *testing.B) {
+	c := newClock(t0)
+	contexts := benchmarkContexts(10_000)
+	run := func(b *testing.B, events []Event, queries []string) {
+		h := targetedHandler(readModelOf(b, c, events...), newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes),
+			newSelectionCache(maxCachedSelections, maxCachedSelectionBytes))
+		reqs := make([]*http.Request, len(queries))
+		for i, q := range queries {
+			reqs[i] = httptest.NewRequest("GET", "/events?"+q, nil)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, reqs[i%len(reqs)])
+				if rec.Code != 200 {
+					b.Fatalf("status %d", rec.Code)
+				}
+				i++
+			}
+		})
+	}
+	b.Run("targeted", func(b *testing.B) { run(b, benchmarkEvents(), contexts) })
+	b.Run("untargeted", func(b *testing.B) {
+		events := benchmarkEvents()
+		for i := range events {
+			events[i].Audience, events[i].RolloutPercent, events[i].Localizations = nil, 0, nil
+		}
+		run(b, events, []string{""})
+	})
 }
