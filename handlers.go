@@ -264,8 +264,19 @@ func (q playerQuery) key() string {
 
 // parsePlayerQuery reads GET /events's query parameters.
 func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Time, error) {
+	q, err := playerQueryFrom(v["status"], v["label"])
+	if err != nil {
+		return q, time.Time{}, err
+	}
+	at, err := parseAt(v, allowTimeTravel)
+	return q, at, err
+}
+
+// playerQueryFrom reads what a player asks for: statuses (active, upcoming; each may be a
+// comma-separated list) and labels.
+func playerQueryFrom(statuses, labels []string) (playerQuery, error) {
 	var q playerQuery
-	for _, list := range v["status"] {
+	for _, list := range statuses {
 		for name := range strings.SplitSeq(list, ",") {
 			switch strings.TrimSpace(name) {
 			case "active":
@@ -275,20 +286,19 @@ func parsePlayerQuery(v url.Values, allowTimeTravel bool) (playerQuery, time.Tim
 			case "ended":
 				// Every event ever held has ended; listing them all is no job for a
 				// game client's poll. One ended event stays readable by id.
-				return q, time.Time{}, &fieldError{"status", "ended events are not listed; read one with GET /events/{id}"}
+				return q, &fieldError{"status", "ended events are not listed; read one with GET /events/{id}"}
 			default:
-				return q, time.Time{}, &fieldError{"status", fmt.Sprintf("unknown status %q; want active or upcoming", name)}
+				return q, &fieldError{"status", fmt.Sprintf("unknown status %q; want active or upcoming", name)}
 			}
 		}
 	}
-	for _, l := range v["label"] {
+	for _, l := range labels {
 		if err := checkLabel(l); err != nil {
-			return q, time.Time{}, &fieldError{"label", err.Error()}
+			return q, &fieldError{"label", err.Error()}
 		}
 		q.labels = append(q.labels, l)
 	}
-	at, err := parseAt(v, allowTimeTravel)
-	return q, at, err
+	return q, nil
 }
 
 // parseAt reads the time-travel parameter at, which the player routes share: the zero time
