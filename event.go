@@ -31,10 +31,25 @@ type Event struct {
 	Priority    int32    // higher first in every list
 	Labels      []string // sorted, distinct, lowercase tokens
 	State       string   // statePublished or stateDraft
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
-	Version     int64 // 1 on create, one more on every update
+	// Audience restricts who is shown the event; nil is everyone (see audience.go).
+	Audience *Audience
+	// RolloutPercent is the share of players shown it, 1 to 100, chosen per player.
+	RolloutPercent int32
+	// TimeMode is timeModeUTC, or timeModePlayerLocal: the times are then wall-clock
+	// times in each player's own zone, written as if in UTC.
+	TimeMode string
+	// Localizations are the title and description in other locales, by BCP 47 tag.
+	Localizations map[string]Localization
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	Version       int64 // 1 on create, one more on every update
 }
+
+// The time modes of an event.
+const (
+	timeModeUTC         = "UTC"
+	timeModePlayerLocal = "PLAYER_LOCAL"
+)
 
 // The states of an event. Players never see a draft.
 const (
@@ -58,9 +73,16 @@ func formatETag(version int64) string { return "v" + strconv.FormatInt(version, 
 func (e Event) fingerprint() []byte {
 	h := sha256.New()
 	r := e.Recurrence
-	for _, s := range []string{e.Title, e.Description, e.Start.Format(time.RFC3339Nano), e.End.Format(time.RFC3339Nano), e.Rewards,
+	fields := []string{e.Title, e.Description, e.Start.Format(time.RFC3339Nano), e.End.Format(time.RFC3339Nano), e.Rewards,
 		e.Preview.Format(time.RFC3339Nano), r.Unit, strconv.Itoa(r.Interval), r.TimeZone, r.Until.Format(time.RFC3339Nano),
-		strconv.Itoa(r.Count), strconv.Itoa(int(e.Priority)), strings.Join(e.Labels, ","), e.State} {
+		strconv.Itoa(r.Count), strconv.Itoa(int(e.Priority)), strings.Join(e.Labels, ","), e.State}
+	// Targeting joins the fingerprint only when used, so an untargeted event's stays what
+	// it was before targeting existed.
+	if e.Audience != nil || e.RolloutPercent != 100 || e.TimeMode != timeModeUTC || len(e.Localizations) > 0 {
+		fields = append(fields, string(marshalJSON(e.Audience)), strconv.Itoa(int(e.RolloutPercent)), e.TimeMode,
+			string(marshalJSON(e.Localizations)))
+	}
+	for _, s := range fields {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
 	return h.Sum(nil)
@@ -163,6 +185,32 @@ func (e *Event) validate() error {
 	} else {
 		e.Rewards = rewards
 	}
+	if e.Audience != nil {
+		if a, err := e.Audience.validate("audience"); err != nil {
+			errs.add(err)
+		} else {
+			e.Audience = a
+		}
+	}
+	switch {
+	case e.RolloutPercent == 0:
+		e.RolloutPercent = 100
+	case e.RolloutPercent < 1 || e.RolloutPercent > 100:
+		errs.add(&fieldError{"rollout_percent", fmt.Sprintf("must be between 1 and 100, got %d", e.RolloutPercent)})
+	}
+	if mode, err := parseTimeMode(e.TimeMode); err != nil {
+		errs.add(err)
+	} else {
+		e.TimeMode = mode
+		if mode == timeModePlayerLocal && e.Recurrence.TimeZone != "" && e.Recurrence.TimeZone != "UTC" {
+			errs.add(&fieldError{"recurrence.time_zone", "must be empty for a PLAYER_LOCAL event: its occurrences follow each player's own zone"})
+		}
+	}
+	if locs, err := validateLocalizations(e.Localizations); err != nil {
+		errs.add(err)
+	} else {
+		e.Localizations = locs
+	}
 	if len(errs) == 0 {
 		return nil
 	}
@@ -179,6 +227,18 @@ func parseState(s string) (string, error) {
 		return stateDraft, nil
 	}
 	return "", &fieldError{"state", fmt.Sprintf("must be PUBLISHED or DRAFT (or EVENT_STATE_PUBLISHED, EVENT_STATE_DRAFT), got %q", s)}
+}
+
+// parseTimeMode reads a time mode in either spelling (PLAYER_LOCAL, or TIME_MODE_PLAYER_LOCAL
+// as gRPC's JSON prints it). Empty means UTC.
+func parseTimeMode(s string) (string, error) {
+	switch strings.TrimPrefix(strings.ToUpper(s), "TIME_MODE_") {
+	case "", "UNSPECIFIED", timeModeUTC:
+		return timeModeUTC, nil
+	case timeModePlayerLocal:
+		return timeModePlayerLocal, nil
+	}
+	return "", &fieldError{"time_mode", fmt.Sprintf("must be UTC or PLAYER_LOCAL (or TIME_MODE_UTC, TIME_MODE_PLAYER_LOCAL), got %q", s)}
 }
 
 // normalizeLabels checks labels (short lowercase tokens: a-z, 0-9, '-' and '_', starting

@@ -150,16 +150,24 @@ type schedule struct {
 
 // newSchedule works out e's schedule, loading its time zone from z.
 func newSchedule(e *Event, z *zones) schedule {
+	loc := time.UTC
+	if e.Recurrence.repeats() {
+		var err error
+		if loc, err = z.load(e.Recurrence.TimeZone); err != nil {
+			loc = time.UTC // validated on write; a zone that vanished from tzdata falls back
+		}
+	}
+	return scheduleIn(e, loc)
+}
+
+// scheduleIn works out e's schedule with its recurrence stepping loc's wall clock.
+func scheduleIn(e *Event, loc *time.Location) schedule {
 	s := schedule{rec: e.Recurrence, start: e.Start, duration: e.End.Sub(e.Start), last: 0}
 	if !e.Preview.IsZero() {
 		s.lead = e.Start.Sub(e.Preview)
 	}
 	if !s.rec.repeats() {
 		return s
-	}
-	loc, err := z.load(s.rec.TimeZone)
-	if err != nil {
-		loc = time.UTC // validated on write; a zone that vanished from tzdata falls back
 	}
 	s.loc, s.wall = loc, e.Start.In(loc)
 	s.last = -1
@@ -333,6 +341,35 @@ func (e *Event) viewAt(s *schedule, t time.Time) view {
 	}
 	return v
 }
+
+// inZone returns a PLAYER_LOCAL event as it is for a player in loc: its times, which are
+// wall-clock times written as UTC, read on loc's clock, and its recurrence stepping that
+// clock. The wall clock rules, so across a clock change an occurrence may last an hour
+// more or less in real time.
+func (e *Event) inZone(loc *time.Location) Event {
+	c := *e
+	c.Start, c.End = onClock(e.Start, loc), onClock(e.End, loc)
+	if !e.Preview.IsZero() {
+		c.Preview = onClock(e.Preview, loc)
+	}
+	if !e.Recurrence.Until.IsZero() {
+		c.Recurrence.Until = onClock(e.Recurrence.Until, loc)
+	}
+	c.Recurrence.TimeZone = loc.String()
+	return c
+}
+
+// onClock returns the instant at which loc's clocks show the date and time t shows in UTC.
+func onClock(t time.Time, loc *time.Location) time.Time {
+	return wallTime(t.Year(), t.Month(), t.Day(), t, loc)
+}
+
+// The extreme offsets in use on Earth: UTC+14 (Kiribati) sees a wall-clock time first,
+// UTC-12 (Baker Island) last. A PLAYER_LOCAL event's times span that much more.
+const (
+	earliestOffset = 14 * time.Hour
+	latestOffset   = 12 * time.Hour
+)
 
 // seriesEnd is when the last occurrence ends, or forever for an unbounded recurrence.
 func (s *schedule) seriesEnd() time.Time {
