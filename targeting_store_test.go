@@ -5,8 +5,11 @@ import (
 	"database/sql"
 	"encoding/json"
 	"net/url"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -184,4 +187,112 @@ func TestMigrationKeepsEveryEventVisible(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestExportImportKeepsTargeting(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.db")
+	st, err := openStore(ctx, src, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := mustCreate(t, st, "plain", t0, t0.Add(time.Hour))
+	e := targetedEvent()
+	if err := e.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if e, _, err = st.CreateEvent(ctx, e, ""); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	exported, _, err := cli(t, "export", "-db", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct{ Events []map[string]json.RawMessage }
+	if err := json.Unmarshal([]byte(exported), &f); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range f.Events {
+		var id string
+		json.Unmarshal(d["id"], &id)
+		_, hasAudience := d["audience"]
+		_, hasRollout := d["rollout_percent"]
+		_, hasMode := d["time_mode"]
+		_, hasLocs := d["localizations"]
+		// An untargeted event's document is what it was before targeting existed.
+		if targeted := id == e.ID; hasAudience != targeted || hasRollout != targeted || hasMode != targeted || hasLocs != targeted {
+			t.Errorf("event %s exported as %v; want the targeting fields exactly when set", id, d)
+		}
+	}
+	if !strings.Contains(exported, `"min_version": "1.2"`) || !strings.Contains(exported, `"time_mode": "PLAYER_LOCAL"`) ||
+		!strings.Contains(exported, `"pt-BR": {`) {
+		t.Errorf("export:\n%s", exported)
+	}
+	file := filepath.Join(dir, "events.json")
+	os.WriteFile(file, []byte(exported), 0o600)
+
+	dst := filepath.Join(dir, "dst.db")
+	if out, _, err := cli(t, "import", "-db", dst, file); err != nil || !strings.Contains(out, "2 created") {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	if again, _, _ := cli(t, "export", "-db", dst); again != exported {
+		t.Fatalf("export -> import -> export changed the file:\n%s\n---\n%s", exported, again)
+	}
+	st, err = openStore(ctx, dst, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, want := range []Event{plain, e} {
+		got, err := getEvent(ctx, st.db, want.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got.Audience, want.Audience) || got.RolloutPercent != want.RolloutPercent ||
+			got.TimeMode != want.TimeMode || !reflect.DeepEqual(got.Localizations, want.Localizations) {
+			t.Errorf("imported %+v; want the targeting of %+v", got, want)
+		}
+	}
+
+	// A changed targeting field shows in the dry run's diff, defaults spelled out.
+	edited := strings.Replace(exported, `"rollout_percent": 25`, `"rollout_percent": 100`, 1)
+	os.WriteFile(file, []byte(edited), 0o600)
+	if out, _, err := cli(t, "import", "-db", dst, "-dry-run", file); err != nil || !strings.Contains(out, "rollout_percent: 25 -> 100") {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+}
+
+func TestImportNamesTargetingProblems(t *testing.T) {
+	id := newID()
+	doc := func(extra string) []byte {
+		return []byte(`{"events": [{"id": "` + id + `", "title": "t", "start_time": "2027-01-01T00:00:00Z",
+			"end_time": "2027-01-02T00:00:00Z", "rewards": {}, ` + extra + `}]}`)
+	}
+	for _, c := range []struct{ extra, want string }{
+		{`"audience": {"platforms": ["ios", "dreamcast"]}`, `audience.platforms: unknown platform "dreamcast"`},
+		{`"audience": {"platforms": "ios"}`, "audience.platforms: must be an array of strings"},
+		{`"audience": {"min_version": "1.x"}`, `audience.min_version:`},
+		{`"audience": {"countries": ["ZZ"]}`, `audience.countries: unknown country code "ZZ"`},
+		{`"audience": {"exclude": {"languages": ["english"]}}`, `audience.exclude.languages: "english"`},
+		{`"audience": {"exclude": {"exclude": {"countries": ["FR"]}}}`, "audience.exclude.exclude: an exclude cannot have an exclude"},
+		{`"audience": {"platform": ["ios"]}`, "audience.platform: is not an audience field"},
+		{`"rollout_percent": 101`, "rollout_percent: must be between 1 and 100, got 101"},
+		{`"rollout_percent": "half"`, "rollout_percent: must be a whole number"},
+		{`"time_mode": "LOCAL"`, `time_mode: must be UTC or PLAYER_LOCAL`},
+		{`"localizations": {"fr_": {"title": "x"}}`, `localizations: locale "fr_"`},
+		{`"localizations": {"fr": {"title": "x", "body": "y"}}`, `localizations["fr"]: must be an object`},
+		{`"localizations": {"fr": {"title": "a\u0007b"}}`, `localizations["fr"].title: must not contain control character U+0007`},
+	} {
+		_, problems := parseImport(doc(c.extra))
+		var got []string
+		for _, p := range problems {
+			got = append(got, p.String())
+		}
+		if !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "event "+id+": "+c.want) }) {
+			t.Errorf("%s: problems %q; want one starting %q", c.extra, got, "event "+id+": "+c.want)
+		}
+	}
 }
