@@ -204,7 +204,7 @@ func (e *Event) validate() error {
 	} else {
 		e.TimeMode = mode
 		if mode == timeModePlayerLocal && e.Recurrence.TimeZone != "" && e.Recurrence.TimeZone != "UTC" {
-			errs.add(&fieldError{"recurrence.time_zone", "must be empty for a PLAYER_LOCAL event: its occurrences follow each player's own zone"})
+			errs.add(&fieldError{"recurrence.time_zone", fmt.Sprintf("must be empty for a PLAYER_LOCAL event, whose occurrences follow each player's own zone; got %q", e.Recurrence.TimeZone)})
 		}
 	}
 	if locs, err := validateLocalizations(e.Localizations); err != nil {

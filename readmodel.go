@@ -318,8 +318,9 @@ func hasAnyLabel(labels, want []string) bool {
 
 // shown is an event with its view, as a list shows it.
 type shown struct {
-	e *entry
-	v view
+	e      *entry
+	v      view
+	locale string // of the text shown; "" for the default text
 }
 
 // playerEvents returns what players asking q see at t, in list order (priority, then the
@@ -343,7 +344,7 @@ func (s *snapshot) playerEvents(t time.Time, q playerQuery) ([]shown, time.Time)
 		v := e.viewAt(t)
 		until = minTime(until, v.until)
 		if q.matches(e.Labels, v) {
-			out = append(out, shown{e, v})
+			out = append(out, shown{e: e, v: v})
 		}
 	}
 	slices.SortFunc(out, func(a, b shown) int {
@@ -366,11 +367,15 @@ type adminQuery struct {
 	labels   []string
 	state    string    // "" for any
 	at       time.Time // zero for now
-	filter   string    // identifies the filters, so a token is used only with its own
+	// platforms, countries and languages: each set one must be named by the event's
+	// audience (not its exclude); empty means no filter.
+	platforms, countries, languages []string
+	filter                          string // identifies the filters, so a token is used only with its own
 }
 
 func (q adminQuery) isDefault() bool {
-	return q.pageSize == defaultPageSize && q.after == nil && q.statuses == 0 && len(q.labels) == 0 && q.state == "" && q.at.IsZero()
+	return q.pageSize == defaultPageSize && q.after == nil && q.statuses == 0 && len(q.labels) == 0 && q.state == "" && q.at.IsZero() &&
+		len(q.platforms) == 0 && len(q.countries) == 0 && len(q.languages) == 0
 }
 
 // pageKey is where a page ended, in list order. A token carries it, so the next page starts
@@ -390,7 +395,24 @@ func (q adminQuery) matches(e *entry, v view) bool {
 	if q.state != "" && e.State != q.state {
 		return false
 	}
-	return hasAnyLabel(e.Labels, q.labels)
+	return hasAnyLabel(e.Labels, q.labels) && q.matchesAudience(e.Audience)
+}
+
+// matchesAudience reports whether audience a names one of each audience filter's values.
+// An event for everyone names none, so a filter never matches it.
+func (q adminQuery) matchesAudience(a *Audience) bool {
+	if len(q.platforms) == 0 && len(q.countries) == 0 && len(q.languages) == 0 {
+		return true
+	}
+	if a == nil {
+		return false
+	}
+	for _, f := range [][2][]string{{q.platforms, a.Platforms}, {q.countries, a.Countries}, {q.languages, a.Languages}} {
+		if len(f[0]) > 0 && !slices.ContainsFunc(f[0], func(v string) bool { return slices.Contains(f[1], v) }) {
+			return false
+		}
+	}
+	return true
 }
 
 // adminPage returns one page of ListEvents as of t, the key to resume after it (nil on the
@@ -416,7 +438,7 @@ func (s *snapshot) adminPage(t time.Time, q adminQuery) ([]shown, *pageKey, time
 			return out, &pageKey{Priority: last.Priority, Start: last.Start.UnixNano(), ID: last.ID, Filter: q.filter}, until
 		}
 		until = minTime(until, v.until)
-		out = append(out, shown{e, v})
+		out = append(out, shown{e: e, v: v})
 	}
 	return out, nil, until
 }
