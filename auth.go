@@ -61,6 +61,7 @@ var rpcRoles = map[string]role{
 	"/liveops.v1.EventService/ListEventRevisions": roleGRPCAdmin,
 	"/liveops.v1.EventService/ListAuditLog":       roleGRPCAdmin,
 	"/liveops.v1.EventService/RestoreEvent":       roleGRPCAdmin,
+	"/liveops.v1.EventService/PreviewPlayerView":  roleGRPCAdmin,
 
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      roleGRPCAdmin,
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": roleGRPCAdmin,

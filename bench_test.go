@@ -322,7 +322,7 @@ func BenchmarkListEventsEncode(b *testing.B) {
 		for b.Loop() {
 			t := time.Now()
 			events, next, _ := rm.snapshot().adminPage(t, adminQuery{pageSize: defaultPageSize, filter: defaultFilter})
-			out, err := codec.Marshal(listResponse(t, events, next.token()))
+			out, err := codec.Marshal(listResponse(t, events, next.token(), rm.zones))
 			if err != nil || out.Len() == 0 {
 				b.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -270,6 +271,11 @@ func parseImportedEvent(raw json.RawMessage) (Event, fieldErrors) {
 					errs.add(&fieldError{field, "is not a recurrence field"})
 				}
 			}
+		case "audience":
+			e.Audience = parseImportedAudience(name, v, &errs)
+		case "localizations":
+			e.Localizations = parseImportedLocalizations(v, &errs)
+		case "rollout_percent", "time_mode":
 		case "created_at", "updated_at", "version":
 			errs.add(&fieldError{name, "is set by the server; leave it out"})
 		default:
@@ -281,6 +287,8 @@ func parseImportedEvent(raw json.RawMessage) (Event, fieldErrors) {
 	str("description", &e.Description)
 	str("state", &e.State)
 	num("priority", &e.Priority)
+	num("rollout_percent", &e.RolloutPercent)
+	str("time_mode", &e.TimeMode)
 	if !validID(e.ID) {
 		errs.add(&fieldError{"id", "must be a lowercase UUID such as 0b7d3c3e-4f1a-4a53-9c5e-2f9a8d6b1e20"})
 	}
@@ -296,6 +304,69 @@ func parseImportedEvent(raw json.RawMessage) (Event, fieldErrors) {
 	}
 	slices.SortStableFunc(errs, func(a, b *fieldError) int { return strings.Compare(a.Field, b.Field) })
 	return e, errs
+}
+
+// parseImportedAudience reads an audience (or its exclude, by the field name prefix) field
+// by field, so that a field of the wrong type is reported as audience.platforms, say.
+func parseImportedAudience(prefix string, v json.RawMessage, errs *fieldErrors) *Audience {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(v, &fields) != nil {
+		errs.add(&fieldError{prefix, "must be an object"})
+		return nil
+	}
+	a := &Audience{}
+	list := func(name string, v json.RawMessage, dst *[]string) {
+		if json.Unmarshal(v, dst) != nil {
+			errs.add(&fieldError{prefix + "." + name, "must be an array of strings"})
+		}
+	}
+	version := func(name string, v json.RawMessage, dst *string) {
+		if json.Unmarshal(v, dst) != nil {
+			errs.add(&fieldError{prefix + "." + name, "must be a string"})
+		}
+	}
+	for name, v := range fields {
+		switch name {
+		case "platforms":
+			list(name, v, &a.Platforms)
+		case "countries":
+			list(name, v, &a.Countries)
+		case "languages":
+			list(name, v, &a.Languages)
+		case "min_version":
+			version(name, v, &a.MinVersion)
+		case "max_version":
+			version(name, v, &a.MaxVersion)
+		case "exclude":
+			a.Exclude = parseImportedAudience(prefix+".exclude", v, errs)
+		default:
+			errs.add(&fieldError{prefix + "." + name, "is not an audience field"})
+		}
+	}
+	return a
+}
+
+// parseImportedLocalizations reads an event's localizations, a JSON object of locale tag
+// to {"title", "description"}.
+func parseImportedLocalizations(v json.RawMessage, errs *fieldErrors) map[string]Localization {
+	var byTag map[string]json.RawMessage
+	if json.Unmarshal(v, &byTag) != nil {
+		errs.add(&fieldError{"localizations", `must be an object such as {"fr": {"title": "...", "description": "..."}}`})
+		return nil
+	}
+	out := make(map[string]Localization, len(byTag))
+	for tag, lv := range byTag {
+		field := "localizations[" + strconv.Quote(tag) + "]"
+		var d localizationDoc
+		dec := json.NewDecoder(bytes.NewReader(lv))
+		dec.DisallowUnknownFields()
+		if dec.Decode(&d) != nil {
+			errs.add(&fieldError{field, "must be an object with a string title and description, and nothing else"})
+			continue
+		}
+		out[tag] = Localization(d)
+	}
+	return out
 }
 
 const keysUsage = `usage:

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -21,12 +22,17 @@ type eventFields struct {
 	priority           int32
 	labels             []string
 	state              eventspb.EventState
+	audience           *eventspb.Audience
+	rolloutPercent     int32
+	timeMode           eventspb.TimeMode
+	localizations      map[string]*eventspb.Localization
 }
 
 // eventFromFields builds an event from the fields of a create or update. Only the
 // timestamps and enums are checked here; the caller validates the event once it is complete.
 func eventFromFields(f eventFields) (Event, error) {
-	e := Event{Title: f.title, Description: f.description, Rewards: f.rewards, Priority: f.priority, Labels: f.labels}
+	e := Event{Title: f.title, Description: f.description, Rewards: f.rewards, Priority: f.priority, Labels: f.labels,
+		Audience: audienceFromProto(f.audience), RolloutPercent: f.rolloutPercent}
 	var errs fieldErrors
 	var err error
 	e.Start, err = fromTimestamp("start_time", f.start)
@@ -42,6 +48,20 @@ func eventFromFields(f eventFields) (Event, error) {
 		e.State = stateDraft
 	default:
 		errs.add(&fieldError{"state", fmt.Sprintf("unknown state %v", f.state)})
+	}
+	switch f.timeMode {
+	case eventspb.TimeMode_TIME_MODE_UNSPECIFIED, eventspb.TimeMode_TIME_MODE_UTC:
+		e.TimeMode = timeModeUTC
+	case eventspb.TimeMode_TIME_MODE_PLAYER_LOCAL:
+		e.TimeMode = timeModePlayerLocal
+	default:
+		errs.add(&fieldError{"time_mode", fmt.Sprintf("unknown time mode %v; want TIME_MODE_UTC or TIME_MODE_PLAYER_LOCAL", f.timeMode)})
+	}
+	if len(f.localizations) > 0 {
+		e.Localizations = make(map[string]Localization, len(f.localizations))
+		for tag, l := range f.localizations {
+			e.Localizations[tag] = Localization{Title: l.GetTitle(), Description: l.GetDescription()}
+		}
 	}
 	if r := f.recurrence; r != nil {
 		e.Recurrence = Recurrence{Interval: int(r.GetInterval()), TimeZone: r.GetTimeZone(), Count: int(r.GetCount())}
@@ -60,6 +80,22 @@ func eventFromFields(f eventFields) (Event, error) {
 		return Event{}, errs
 	}
 	return e, nil
+}
+
+func audienceFromProto(a *eventspb.Audience) *Audience {
+	if a == nil {
+		return nil
+	}
+	return &Audience{Platforms: a.GetPlatforms(), MinVersion: a.GetMinVersion(), MaxVersion: a.GetMaxVersion(),
+		Countries: a.GetCountries(), Languages: a.GetLanguages(), Exclude: audienceFromProto(a.GetExclude())}
+}
+
+func audienceToProto(a *Audience) *eventspb.Audience {
+	if a == nil {
+		return nil
+	}
+	return &eventspb.Audience{Platforms: a.Platforms, MinVersion: a.MinVersion, MaxVersion: a.MaxVersion,
+		Countries: a.Countries, Languages: a.Languages, Exclude: audienceToProto(a.Exclude)}
 }
 
 // fromTimestamp converts a protobuf timestamp to UTC time; nil gives the zero time, which
@@ -88,8 +124,9 @@ var statusToProto = map[eventStatus]eventspb.EventStatus{
 	statusEnded:    eventspb.EventStatus_EVENT_STATUS_ENDED,
 }
 
-// toProto converts e for an admin, with its status and next start as in v.
-func toProto(e Event, v view) *eventspb.Event {
+// toProto converts e for an admin, with its status and next start as in v, loading its
+// time zone from z for its span.
+func toProto(e Event, v view, z *zones) *eventspb.Event {
 	p := &eventspb.Event{
 		Id: e.ID, Title: e.Title, Description: e.Description,
 		StartTime: timestamppb.New(e.Start), EndTime: timestamppb.New(e.End),
@@ -100,6 +137,22 @@ func toProto(e Event, v view) *eventspb.Event {
 		Labels:   e.Labels,
 		State:    eventspb.EventState_EVENT_STATE_PUBLISHED,
 		Status:   statusToProto[v.status],
+		Audience: audienceToProto(e.Audience), RolloutPercent: e.RolloutPercent,
+		TimeMode: eventspb.TimeMode_TIME_MODE_UTC,
+	}
+	if e.TimeMode == timeModePlayerLocal {
+		p.TimeMode = eventspb.TimeMode_TIME_MODE_PLAYER_LOCAL
+	}
+	if len(e.Localizations) > 0 {
+		p.Localizations = make(map[string]*eventspb.Localization, len(e.Localizations))
+		for tag, l := range e.Localizations {
+			p.Localizations[tag] = &eventspb.Localization{Title: l.Title, Description: l.Description}
+		}
+	}
+	first, last := span(&e, z)
+	p.FirstStartTime = timestamppb.New(first)
+	if !last.IsZero() {
+		p.LastEndTime = timestamppb.New(last)
 	}
 	if e.State == stateDraft {
 		p.State = eventspb.EventState_EVENT_STATE_DRAFT
@@ -120,21 +173,54 @@ func toProto(e Event, v view) *eventspb.Event {
 	return p
 }
 
+// span returns the first instant anywhere on Earth e starts and the last it is active, or
+// a zero last when it repeats forever. A PLAYER_LOCAL event's wall-clock times come first
+// at UTC+14 and last at UTC-12; its recurrence steps the wall clock, as it does in UTC.
+func span(e *Event, z *zones) (first, last time.Time) {
+	sched := newSchedule(e, z)
+	first, last = e.Start, sched.seriesEnd()
+	if e.TimeMode == timeModePlayerLocal {
+		first, last = first.Add(-earliestOffset), last.Add(latestOffset)
+	}
+	if sched.last < 0 {
+		last = time.Time{}
+	}
+	return first, last
+}
+
 // listResponse is a page of ListEvents as of t.
-func listResponse(t time.Time, events []shown, nextPageToken string) *eventspb.ListEventsResponse {
+func listResponse(t time.Time, events []shown, nextPageToken string, z *zones) *eventspb.ListEventsResponse {
 	resp := &eventspb.ListEventsResponse{Events: make([]*eventspb.Event, len(events)),
 		NextPageToken: nextPageToken, ServerTime: timestamppb.New(t)}
 	for i, s := range events {
-		resp.Events[i] = toProto(s.e.Event, s.v)
+		resp.Events[i] = toProto(s.e.Event, s.v, z)
 	}
 	return resp
 }
 
-func revisionsToProto(revs []revision) []*eventspb.Revision {
+// shownToProto converts an event as one player is shown it: the admin's view, but with the
+// times of the occurrence shown, at that player's instants, as GET /events gives them, and
+// the text in the locale the player gets beside the default text.
+func shownToProto(sh shown, z *zones, defaultLocale string) *eventspb.ShownEvent {
+	e := &sh.e.Event
+	p := toProto(*e, sh.v, z)
+	p.StartTime, p.EndTime = timestamppb.New(sh.v.start), timestamppb.New(sh.v.end)
+	if !e.Preview.IsZero() {
+		p.PreviewTime = timestamppb.New(sh.v.start.Add(-e.Start.Sub(e.Preview)))
+	}
+	out := &eventspb.ShownEvent{Event: p, Locale: defaultLocale, Title: e.Title, Description: e.Description}
+	if l, ok := e.Localizations[sh.locale]; ok {
+		// A localization may translate only one of the two, as players get it (toJSON).
+		out.Locale, out.Title, out.Description = sh.locale, cmp.Or(l.Title, e.Title), cmp.Or(l.Description, e.Description)
+	}
+	return out
+}
+
+func revisionsToProto(revs []revision, z *zones) []*eventspb.Revision {
 	out := make([]*eventspb.Revision, len(revs))
 	for i, r := range revs {
 		out[i] = &eventspb.Revision{EventId: r.EventID, Revision: r.Revision, Action: r.Action, KeyId: r.KeyID,
-			KeyName: r.KeyName, Time: timestamppb.New(r.At), Event: toProto(r.Event, view{}), TraceId: r.TraceID}
+			KeyName: r.KeyName, Time: timestamppb.New(r.At), Event: toProto(r.Event, view{}, z), TraceId: r.TraceID}
 	}
 	return out
 }

@@ -199,6 +199,11 @@ var postgresSchema = []string{
 	ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_check CHECK (role IN ('http_user', 'grpc_admin', 'metrics'));`,
 	// 3: the trace each write came from.
 	`ALTER TABLE event_revisions ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';`,
+	// 4: targeting (see SQLite's step 10).
+	`ALTER TABLE events ADD COLUMN audience TEXT;
+	ALTER TABLE events ADD COLUMN rollout_percent INTEGER NOT NULL DEFAULT 100 CHECK (rollout_percent BETWEEN 1 AND 100);
+	ALTER TABLE events ADD COLUMN time_mode TEXT NOT NULL DEFAULT 'UTC' CHECK (time_mode IN ('UTC', 'PLAYER_LOCAL'));
+	ALTER TABLE events ADD COLUMN localizations TEXT;`,
 }
 
 // migratePostgres brings a PostgreSQL schema up to date in one transaction. An advisory

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -203,7 +204,7 @@ func (e *Event) validate() error {
 	} else {
 		e.TimeMode = mode
 		if mode == timeModePlayerLocal && e.Recurrence.TimeZone != "" && e.Recurrence.TimeZone != "UTC" {
-			errs.add(&fieldError{"recurrence.time_zone", "must be empty for a PLAYER_LOCAL event: its occurrences follow each player's own zone"})
+			errs.add(&fieldError{"recurrence.time_zone", fmt.Sprintf("must be empty for a PLAYER_LOCAL event, whose occurrences follow each player's own zone; got %q", e.Recurrence.TimeZone)})
 		}
 	}
 	if locs, err := validateLocalizations(e.Localizations); err != nil {
@@ -468,9 +469,71 @@ type eventDoc struct {
 	Labels      []string        `json:"labels"`
 	State       string          `json:"state"`
 	Rewards     json.RawMessage `json:"rewards"`
-	CreatedAt   *time.Time      `json:"created_at,omitempty"`
-	UpdatedAt   *time.Time      `json:"updated_at,omitempty"`
-	Version     int64           `json:"version,omitempty"`
+	// The targeting fields are left out at their defaults (everyone, 100, UTC, none), so
+	// the file of an untargeted event is what it was before targeting existed, and an
+	// older liveops still imports it.
+	Audience       *audienceDoc               `json:"audience,omitempty"`
+	RolloutPercent int32                      `json:"rollout_percent,omitempty"`
+	TimeMode       string                     `json:"time_mode,omitempty"`
+	Localizations  map[string]localizationDoc `json:"localizations,omitempty"`
+	CreatedAt      *time.Time                 `json:"created_at,omitempty"`
+	UpdatedAt      *time.Time                 `json:"updated_at,omitempty"`
+	Version        int64                      `json:"version,omitempty"`
+}
+
+// audienceDoc is an audience as JSON, in documents and in the events table's audience column.
+type audienceDoc struct {
+	Platforms  []string     `json:"platforms,omitempty"`
+	MinVersion string       `json:"min_version,omitempty"`
+	MaxVersion string       `json:"max_version,omitempty"`
+	Countries  []string     `json:"countries,omitempty"`
+	Languages  []string     `json:"languages,omitempty"`
+	Exclude    *audienceDoc `json:"exclude,omitempty"`
+}
+
+// localizationDoc is one locale's text as JSON, in documents and in the events table's
+// localizations column.
+type localizationDoc struct {
+	Title       string `json:"title,omitempty"`
+	Description string `json:"description,omitempty"`
+}
+
+func toAudienceDoc(a *Audience) *audienceDoc {
+	if a == nil {
+		return nil
+	}
+	return &audienceDoc{Platforms: a.Platforms, MinVersion: a.MinVersion, MaxVersion: a.MaxVersion,
+		Countries: a.Countries, Languages: a.Languages, Exclude: toAudienceDoc(a.Exclude)}
+}
+
+func (d *audienceDoc) audience() *Audience {
+	if d == nil {
+		return nil
+	}
+	return &Audience{Platforms: d.Platforms, MinVersion: d.MinVersion, MaxVersion: d.MaxVersion,
+		Countries: d.Countries, Languages: d.Languages, Exclude: d.Exclude.audience()}
+}
+
+func toLocalizationDocs(locs map[string]Localization) map[string]localizationDoc {
+	if len(locs) == 0 {
+		return nil
+	}
+	out := make(map[string]localizationDoc, len(locs))
+	for tag, l := range locs {
+		out[tag] = localizationDoc(l)
+	}
+	return out
+}
+
+func fromLocalizationDocs(docs map[string]localizationDoc) map[string]Localization {
+	if len(docs) == 0 {
+		return nil
+	}
+	out := make(map[string]Localization, len(docs))
+	for tag, d := range docs {
+		out[tag] = Localization(d)
+	}
+	return out
 }
 
 type recurrenceDoc struct {
@@ -499,6 +562,13 @@ func toDoc(e Event, bookkeeping bool) eventDoc {
 			d.Recurrence.Until = &u
 		}
 	}
+	d.Audience, d.Localizations = toAudienceDoc(e.Audience), toLocalizationDocs(e.Localizations)
+	if e.RolloutPercent != 100 {
+		d.RolloutPercent = e.RolloutPercent
+	}
+	if e.TimeMode != timeModeUTC {
+		d.TimeMode = e.TimeMode
+	}
 	if bookkeeping {
 		c, u := e.CreatedAt, e.UpdatedAt
 		d.CreatedAt, d.UpdatedAt, d.Version = &c, &u, e.Version
@@ -506,10 +576,13 @@ func toDoc(e Event, bookkeeping bool) eventDoc {
 	return d
 }
 
-// event turns a document back into an event (not validated).
+// event turns a document back into an event (not validated). A document without the
+// targeting fields (or older than them) gets their defaults.
 func (d eventDoc) event() Event {
 	e := Event{ID: d.ID, Title: d.Title, Description: d.Description, Start: d.StartTime.UTC(), End: d.EndTime.UTC(),
-		Priority: d.Priority, Labels: d.Labels, State: d.State, Rewards: string(d.Rewards), Version: d.Version}
+		Priority: d.Priority, Labels: d.Labels, State: d.State, Rewards: string(d.Rewards), Version: d.Version,
+		Audience: d.Audience.audience(), RolloutPercent: cmp.Or(d.RolloutPercent, 100),
+		TimeMode: cmp.Or(d.TimeMode, timeModeUTC), Localizations: fromLocalizationDocs(d.Localizations)}
 	if len(e.Labels) == 0 {
 		e.Labels = nil
 	}
@@ -535,6 +608,10 @@ func (d eventDoc) event() Event {
 // "field: old -> new".
 func diffEvents(old, new Event) []string {
 	a, b := toDoc(old, false), toDoc(new, false)
+	// A document leaves these out at their defaults; a diff says them.
+	for _, d := range []*eventDoc{&a, &b} {
+		d.RolloutPercent, d.TimeMode = cmp.Or(d.RolloutPercent, 100), cmp.Or(d.TimeMode, timeModeUTC)
+	}
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	var out []string
 	for i := range va.NumField() {

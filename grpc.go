@@ -43,7 +43,7 @@ import (
 // newGRPCServer returns the gRPC server with the event service, health and reflection
 // registered, and every call going through the one error mapping. Keys are checked before
 // a call gets here, by grpcGate.
-func newGRPCServer(st *store, rm *readModel, lim limits, shutdown <-chan struct{}, log *logger) (*grpc.Server, *health.Server) {
+func newGRPCServer(st *store, rm *readModel, lim limits, defaultLocale string, shutdown <-chan struct{}, log *logger) (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.ForceServerCodecV2(preEncodedCodec{encoding.GetCodecV2(protoenc.Name)}),
 		// The limit holds for a message after decompression too, so a small gzip bomb
@@ -57,7 +57,7 @@ func newGRPCServer(st *store, rm *readModel, lim limits, shutdown <-chan struct{
 			return status.Error(codes.Unimplemented, "unknown service or method")
 		}),
 	)
-	eventspb.RegisterEventServiceServer(gs, &eventServer{st: st, rm: rm, log: log})
+	eventspb.RegisterEventServiceServer(gs, &eventServer{st: st, rm: rm, log: log, defaultLocale: defaultLocale})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs) // v1 and v1alpha
@@ -99,6 +99,8 @@ type eventServer struct {
 	st  *store
 	rm  *readModel
 	log *logger
+	// defaultLocale is the locale of events' own text, for PreviewPlayerView.
+	defaultLocale string
 
 	firstMu sync.Mutex // serialises rebuilding first
 	first   atomic.Pointer[encodedPage]
@@ -110,7 +112,8 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 		errs.add(&fieldError{"request_id", "must be a lowercase UUID"})
 	}
 	e, err := eventFromFields(eventFields{req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(),
-		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState()})
+		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState(),
+		req.GetAudience(), req.GetRolloutPercent(), req.GetTimeMode(), req.GetLocalizations()})
 	errs.add(err)
 	// Validation reports the rest; a field the request already got wrong is not reported
 	// a second time.
@@ -125,7 +128,7 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 	if req.GetValidateOnly() {
 		now := s.rm.now()
 		e.CreatedAt, e.UpdatedAt, e.Version = now.UTC(), now.UTC(), 1
-		return &eventspb.CreateEventResponse{Event: toProto(e, s.rm.viewOf(e, now)), ServerTime: timestamppb.New(now)}, nil
+		return &eventspb.CreateEventResponse{Event: toProto(e, s.rm.viewOf(e, now), s.rm.zones), ServerTime: timestamppb.New(now)}, nil
 	}
 	e.ID = newID()
 	got, gen, err := s.st.CreateEvent(ctx, e, req.GetRequestId())
@@ -137,7 +140,7 @@ func (s *eventServer) CreateEvent(ctx context.Context, req *eventspb.CreateEvent
 		s.logWrite(ctx, "create", got.ID)
 	}
 	now := s.rm.now()
-	return &eventspb.CreateEventResponse{Event: toProto(got, s.rm.viewOf(got, now)), ServerTime: timestamppb.New(now)}, nil
+	return &eventspb.CreateEventResponse{Event: toProto(got, s.rm.viewOf(got, now), s.rm.zones), ServerTime: timestamppb.New(now)}, nil
 }
 
 func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventRequest) (*eventspb.GetEventResponse, error) {
@@ -149,22 +152,26 @@ func (s *eventServer) GetEvent(ctx context.Context, req *eventspb.GetEventReques
 		return nil, s.st.WhyMissing(ctx, req.GetId())
 	}
 	now := s.rm.now()
-	return &eventspb.GetEventResponse{Event: toProto(e.Event, e.viewAt(now)), ServerTime: timestamppb.New(now)}, nil
+	return &eventspb.GetEventResponse{Event: toProto(e.Event, e.viewAt(now), s.rm.zones), ServerTime: timestamppb.New(now)}, nil
 }
 
 // updatableFields are the update_mask paths UpdateEvent accepts, each with how to copy that
 // field from the request onto the stored event.
 var updatableFields = map[string]func(dst *Event, src Event){
-	"title":        func(dst *Event, src Event) { dst.Title = src.Title },
-	"description":  func(dst *Event, src Event) { dst.Description = src.Description },
-	"start_time":   func(dst *Event, src Event) { dst.Start = src.Start },
-	"end_time":     func(dst *Event, src Event) { dst.End = src.End },
-	"rewards":      func(dst *Event, src Event) { dst.Rewards = src.Rewards },
-	"preview_time": func(dst *Event, src Event) { dst.Preview = src.Preview },
-	"recurrence":   func(dst *Event, src Event) { dst.Recurrence = src.Recurrence },
-	"priority":     func(dst *Event, src Event) { dst.Priority = src.Priority },
-	"labels":       func(dst *Event, src Event) { dst.Labels = src.Labels },
-	"state":        func(dst *Event, src Event) { dst.State = src.State },
+	"title":           func(dst *Event, src Event) { dst.Title = src.Title },
+	"description":     func(dst *Event, src Event) { dst.Description = src.Description },
+	"start_time":      func(dst *Event, src Event) { dst.Start = src.Start },
+	"end_time":        func(dst *Event, src Event) { dst.End = src.End },
+	"rewards":         func(dst *Event, src Event) { dst.Rewards = src.Rewards },
+	"preview_time":    func(dst *Event, src Event) { dst.Preview = src.Preview },
+	"recurrence":      func(dst *Event, src Event) { dst.Recurrence = src.Recurrence },
+	"priority":        func(dst *Event, src Event) { dst.Priority = src.Priority },
+	"labels":          func(dst *Event, src Event) { dst.Labels = src.Labels },
+	"state":           func(dst *Event, src Event) { dst.State = src.State },
+	"audience":        func(dst *Event, src Event) { dst.Audience = src.Audience },
+	"rollout_percent": func(dst *Event, src Event) { dst.RolloutPercent = src.RolloutPercent },
+	"time_mode":       func(dst *Event, src Event) { dst.TimeMode = src.TimeMode },
+	"localizations":   func(dst *Event, src Event) { dst.Localizations = src.Localizations },
 }
 
 func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEventRequest) (*eventspb.UpdateEventResponse, error) {
@@ -188,7 +195,8 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 		}
 	}
 	in, err := eventFromFields(eventFields{req.GetTitle(), req.GetDescription(), req.GetStartTime(), req.GetEndTime(),
-		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState()})
+		req.GetRewards(), req.GetPreviewTime(), req.GetRecurrence(), req.GetPriority(), req.GetLabels(), req.GetState(),
+		req.GetAudience(), req.GetRolloutPercent(), req.GetTimeMode(), req.GetLocalizations()})
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +224,7 @@ func (s *eventServer) UpdateEvent(ctx context.Context, req *eventspb.UpdateEvent
 		return nil, err
 	}
 	now := s.rm.now()
-	return &eventspb.UpdateEventResponse{Event: toProto(got, s.rm.viewOf(got, now)), ServerTime: timestamppb.New(now)}, nil
+	return &eventspb.UpdateEventResponse{Event: toProto(got, s.rm.viewOf(got, now), s.rm.zones), ServerTime: timestamppb.New(now)}, nil
 }
 
 func (s *eventServer) DeleteEvent(ctx context.Context, req *eventspb.DeleteEventRequest) (*eventspb.DeleteEventResponse, error) {
@@ -246,7 +254,7 @@ func (s *eventServer) ListEvents(ctx context.Context, req *eventspb.ListEventsRe
 		t = q.at
 	}
 	events, next, _ := s.rm.snapshot().adminPage(t, q)
-	return listResponse(t, events, next.token()), nil
+	return listResponse(t, events, next.token(), s.rm.zones), nil
 }
 
 // encodedPage is the default ListEvents answer (first page, no filters), encoded, for one
@@ -272,7 +280,7 @@ func (s *eventServer) firstPage(now time.Time) *eventspb.ListEventsResponse {
 		s.firstMu.Lock()
 		if p = s.first.Load(); !p.validAt(snap.gen, now) {
 			events, next, until := snap.adminPage(now, adminQuery{pageSize: defaultPageSize, filter: defaultFilter})
-			raw, err := proto.Marshal(listResponse(now, events, next.token()))
+			raw, err := proto.Marshal(listResponse(now, events, next.token(), s.rm.zones))
 			if err != nil {
 				panic(fmt.Sprintf("encode ListEventsResponse: %v", err)) // generated messages always encode
 			}
@@ -328,9 +336,21 @@ func adminQueryFrom(req *eventspb.ListEventsRequest) (adminQuery, error) {
 			return q, err
 		}
 	}
+	// The audience filters follow an audience's rules, and are named as the request names them.
+	a, err := (&Audience{Platforms: req.GetPlatforms(), Countries: req.GetCountries(), Languages: req.GetLanguages()}).validate("audience")
+	if problems := fieldProblems(err); problems != nil {
+		for _, p := range problems {
+			p.Field = strings.TrimPrefix(p.Field, "audience.")
+		}
+		return q, problems
+	}
+	if a != nil {
+		q.platforms, q.countries, q.languages = a.Platforms, a.Countries, a.Languages
+	}
 	q.filter = defaultFilter
-	if q.statuses != 0 || len(q.labels) > 0 || q.state != "" || !q.at.IsZero() {
-		sum := sha256.Sum256(fmt.Appendf(nil, "%d|%s|%s|%d", q.statuses, strings.Join(slices.Sorted(slices.Values(q.labels)), ","), q.state, q.at.UnixNano()))
+	if q.statuses != 0 || len(q.labels) > 0 || q.state != "" || !q.at.IsZero() || a != nil {
+		sum := sha256.Sum256(fmt.Appendf(nil, "%d|%s|%s|%d|%s|%s|%s", q.statuses, strings.Join(slices.Sorted(slices.Values(q.labels)), ","),
+			q.state, q.at.UnixNano(), strings.Join(q.platforms, ","), strings.Join(q.countries, ","), strings.Join(q.languages, ",")))
 		q.filter = hex.EncodeToString(sum[:8])
 	}
 	if tok := req.GetPageToken(); tok != "" {
@@ -339,7 +359,7 @@ func adminQueryFrom(req *eventspb.ListEventsRequest) (adminQuery, error) {
 			return q, &fieldError{"page_token", "is not a token this server issued"}
 		}
 		if k.Filter != q.filter {
-			return q, &fieldError{"page_token", "was issued for other filters; send the same status, labels, state and at"}
+			return q, &fieldError{"page_token", "was issued for other filters; send the same status, labels, state, at, platforms, countries and languages"}
 		}
 		q.after = &k
 	}
@@ -380,7 +400,7 @@ func (s *eventServer) ListEventRevisions(ctx context.Context, req *eventspb.List
 		last := revs[size-1]
 		resp.NextPageToken = encodeToken(auditCursor{EventID: last.EventID, Revision: last.Revision})
 	}
-	resp.Revisions = revisionsToProto(revs)
+	resp.Revisions = revisionsToProto(revs, s.rm.zones)
 	return resp, nil
 }
 
@@ -414,7 +434,7 @@ func (s *eventServer) ListAuditLog(ctx context.Context, req *eventspb.ListAuditL
 		last := revs[size-1]
 		resp.NextPageToken = encodeToken(auditCursor{At: last.At.UnixNano(), EventID: last.EventID, Revision: last.Revision, Filter: filter})
 	}
-	resp.Revisions = revisionsToProto(revs)
+	resp.Revisions = revisionsToProto(revs, s.rm.zones)
 	return resp, nil
 }
 
@@ -432,7 +452,50 @@ func (s *eventServer) RestoreEvent(ctx context.Context, req *eventspb.RestoreEve
 	s.rm.applied(ctx, gen, &e, "")
 	s.logWrite(ctx, "restore", e.ID)
 	now := s.rm.now()
-	return &eventspb.RestoreEventResponse{Event: toProto(e, s.rm.viewOf(e, now)), ServerTime: timestamppb.New(now)}, nil
+	return &eventspb.RestoreEventResponse{Event: toProto(e, s.rm.viewOf(e, now), s.rm.zones), ServerTime: timestamppb.New(now)}, nil
+}
+
+// hiddenReasons maps the read model's reasons an event is hidden from a player to the API's.
+var hiddenReasons = map[string]eventspb.HiddenReason{
+	"audience":          eventspb.HiddenReason_HIDDEN_REASON_AUDIENCE,
+	"excluded":          eventspb.HiddenReason_HIDDEN_REASON_EXCLUDED,
+	"rollout":           eventspb.HiddenReason_HIDDEN_REASON_ROLLOUT,
+	"not_yet_previewed": eventspb.HiddenReason_HIDDEN_REASON_NOT_YET_PREVIEWED,
+	"draft":             eventspb.HiddenReason_HIDDEN_REASON_DRAFT,
+	"ended":             eventspb.HiddenReason_HIDDEN_REASON_ENDED,
+	"not_requested":     eventspb.HiddenReason_HIDDEN_REASON_NOT_REQUESTED,
+}
+
+func (s *eventServer) PreviewPlayerView(ctx context.Context, req *eventspb.PreviewPlayerViewRequest) (*eventspb.PreviewPlayerViewResponse, error) {
+	c, ctxErr := newClientContext(req.GetPlatform(), req.GetClientVersion(), req.GetCountry(), req.GetLanguage(),
+		req.GetPlayerId(), req.GetTimeZone(), req.GetUtcOffset(), s.rm.zones)
+	q, queryErr := playerQueryFrom(req.GetStatuses(), req.GetLabels())
+	t := s.rm.now()
+	var atErr error
+	if req.At != nil {
+		t, atErr = fromTimestamp("at", req.GetAt())
+	}
+	// Every problem of the request at once, as a create reports them.
+	var errs fieldErrors
+	for _, err := range []error{ctxErr, queryErr, atErr} {
+		if err != nil && fieldProblems(err) == nil {
+			return nil, err
+		}
+		errs.add(err)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	c.defaultLocale = s.defaultLocale
+	shown, hidden := s.rm.snapshot().playerView(t, q, &c)
+	resp := &eventspb.PreviewPlayerViewResponse{ServerTime: timestamppb.New(t), Body: string(playerAnswer(t, shown, s.defaultLocale))}
+	for _, sh := range shown {
+		resp.Shown = append(resp.Shown, shownToProto(sh, s.rm.zones, s.defaultLocale))
+	}
+	for _, h := range hidden {
+		resp.Hidden = append(resp.Hidden, &eventspb.HiddenEvent{EventId: h.e.ID, Title: h.e.Title, Reason: hiddenReasons[h.reason]})
+	}
+	return resp, nil
 }
 
 // logWrite records an admin write: who (key id and name), what, and which event.

@@ -497,11 +497,15 @@ type adminQuery struct {
 	labels   []string
 	state    string    // "" for any
 	at       time.Time // zero for now
-	filter   string    // identifies the filters, so a token is used only with its own
+	// platforms, countries and languages: each set one must be named by the event's
+	// audience (not its exclude); empty means no filter.
+	platforms, countries, languages []string
+	filter                          string // identifies the filters, so a token is used only with its own
 }
 
 func (q adminQuery) isDefault() bool {
-	return q.pageSize == defaultPageSize && q.after == nil && q.statuses == 0 && len(q.labels) == 0 && q.state == "" && q.at.IsZero()
+	return q.pageSize == defaultPageSize && q.after == nil && q.statuses == 0 && len(q.labels) == 0 && q.state == "" && q.at.IsZero() &&
+		len(q.platforms) == 0 && len(q.countries) == 0 && len(q.languages) == 0
 }
 
 // pageKey is where a page ended, in list order. A token carries it, so the next page starts
@@ -521,7 +525,24 @@ func (q adminQuery) matches(e *entry, v view) bool {
 	if q.state != "" && e.State != q.state {
 		return false
 	}
-	return hasAnyLabel(e.Labels, q.labels)
+	return hasAnyLabel(e.Labels, q.labels) && q.matchesAudience(e.Audience)
+}
+
+// matchesAudience reports whether audience a names one of each audience filter's values.
+// An event for everyone names none, so a filter never matches it.
+func (q adminQuery) matchesAudience(a *Audience) bool {
+	if len(q.platforms) == 0 && len(q.countries) == 0 && len(q.languages) == 0 {
+		return true
+	}
+	if a == nil {
+		return false
+	}
+	for _, f := range [][2][]string{{q.platforms, a.Platforms}, {q.countries, a.Countries}, {q.languages, a.Languages}} {
+		if len(f[0]) > 0 && !slices.ContainsFunc(f[0], func(v string) bool { return slices.Contains(f[1], v) }) {
+			return false
+		}
+	}
+	return true
 }
 
 // adminPage returns one page of ListEvents as of t, the key to resume after it (nil on the

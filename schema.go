@@ -92,6 +92,12 @@ var migrations = []string{
 	ALTER TABLE api_keys_new RENAME TO api_keys;`,
 	// 9: the trace each write came from, so the audit log can name it ('' when unknown).
 	`ALTER TABLE event_revisions ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';`,
+	// 10: targeting. audience and localizations are JSON (see audienceDoc, localizationDoc),
+	// NULL for none; the defaults leave every existing event shown to everyone, as before.
+	`ALTER TABLE events ADD COLUMN audience TEXT;
+	ALTER TABLE events ADD COLUMN rollout_percent INTEGER NOT NULL DEFAULT 100 CHECK (rollout_percent BETWEEN 1 AND 100);
+	ALTER TABLE events ADD COLUMN time_mode TEXT NOT NULL DEFAULT 'UTC' CHECK (time_mode IN ('UTC', 'PLAYER_LOCAL'));
+	ALTER TABLE events ADD COLUMN localizations TEXT;`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two processes

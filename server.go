@@ -190,7 +190,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	auth := newAuthMetrics(kr)
 	g := &guard{keys: kr, limiter: newFailureLimiter(lim.authFailLimit, lim.authFailWindow, lim.authBlock, now), stats: auth}
 	shutdown := make(chan struct{})
-	gs, hs := newGRPCServer(st, rm, lim, shutdown, log)
+	gs, hs := newGRPCServer(st, rm, lim, cfg.defaultLocale, shutdown, log)
 	ready := newReadiness(st, hs, log)
 	inflight := &inFlight{max: int64(lim.maxInFlight)}
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -313,13 +314,22 @@ func actorFrom(ctx context.Context) string {
 
 // The event columns, in the order eventValues and scanEvent use.
 const eventColumns = "id, title, description, start_time, end_time, rewards, created_at, updated_at, version, " +
-	"preview_time, recurrence, priority, labels, state"
+	"preview_time, recurrence, priority, labels, state, audience, rollout_percent, time_mode, localizations"
 
-// eventValues returns e's values in eventColumns order.
+// eventValues returns e's values in eventColumns order. An event that skipped validate
+// (a test's) is stored with the targeting defaults, as validate would have set them.
 func eventValues(e Event) []any {
+	var audience, locs sql.NullString
+	if e.Audience != nil {
+		audience = sql.NullString{String: string(marshalJSON(toAudienceDoc(e.Audience))), Valid: true}
+	}
+	if len(e.Localizations) > 0 {
+		locs = sql.NullString{String: string(marshalJSON(toLocalizationDocs(e.Localizations))), Valid: true}
+	}
 	return []any{e.ID, e.Title, e.Description, e.Start.UnixNano(), e.End.UnixNano(), e.Rewards,
 		e.CreatedAt.UnixNano(), e.UpdatedAt.UnixNano(), e.Version,
-		nullNanos(e.Preview), recurrenceJSON(e.Recurrence), e.Priority, strings.Join(e.Labels, ","), e.State}
+		nullNanos(e.Preview), recurrenceJSON(e.Recurrence), e.Priority, strings.Join(e.Labels, ","), e.State,
+		audience, cmp.Or(e.RolloutPercent, 100), cmp.Or(e.TimeMode, timeModeUTC), locs}
 }
 
 // scanner is the part of *sql.Row and *sql.Rows that the scan functions need.
@@ -336,9 +346,24 @@ func scanEvent(s scanner) (Event, error) {
 	var preview sql.NullInt64
 	var recurrence sql.NullString
 	var labels string
+	var audience, locs sql.NullString
 	if err := s.Scan(&e.ID, &e.Title, &e.Description, &start, &end, &e.Rewards, &created, &updated, &e.Version,
-		&preview, &recurrence, &e.Priority, &labels, &e.State); err != nil {
+		&preview, &recurrence, &e.Priority, &labels, &e.State, &audience, &e.RolloutPercent, &e.TimeMode, &locs); err != nil {
 		return Event{}, err
+	}
+	if audience.Valid {
+		var d *audienceDoc
+		if err := json.Unmarshal([]byte(audience.String), &d); err != nil {
+			return Event{}, fmt.Errorf("event %s: malformed audience %q: %w", e.ID, audience.String, err)
+		}
+		e.Audience = d.audience()
+	}
+	if locs.Valid {
+		var d map[string]localizationDoc
+		if err := json.Unmarshal([]byte(locs.String), &d); err != nil {
+			return Event{}, fmt.Errorf("event %s: malformed localizations %q: %w", e.ID, locs.String, err)
+		}
+		e.Localizations = fromLocalizationDocs(d)
 	}
 	e.Start, e.End = fromNanos(start), fromNanos(end)
 	e.CreatedAt, e.UpdatedAt = fromNanos(created), fromNanos(updated)
@@ -434,12 +459,13 @@ func missingEvent(ctx context.Context, q querier, id string) error {
 // returns errStale, so that it alone guarantees no write is lost, whatever lock the
 // transaction holds.
 func putEvent(ctx context.Context, tx *dbTx, e Event, prev int64) error {
-	res, err := tx.ExecContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (`+eventColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET title = excluded.title, description = excluded.description,
 			start_time = excluded.start_time, end_time = excluded.end_time, rewards = excluded.rewards,
 			created_at = excluded.created_at, updated_at = excluded.updated_at, version = excluded.version,
 			preview_time = excluded.preview_time, recurrence = excluded.recurrence, priority = excluded.priority,
-			labels = excluded.labels, state = excluded.state
+			labels = excluded.labels, state = excluded.state, audience = excluded.audience,
+			rollout_percent = excluded.rollout_percent, time_mode = excluded.time_mode, localizations = excluded.localizations
 		WHERE events.version = ?`, append(eventValues(e), prev)...)
 	return oneRowOrStale(res, err)
 }

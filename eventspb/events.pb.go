@@ -138,6 +138,131 @@ func (EventState) EnumDescriptor() ([]byte, []int) {
 	return file_events_proto_rawDescGZIP(), []int{1}
 }
 
+// TimeMode says how an event's times are read.
+type TimeMode int32
+
+const (
+	// Unspecified means UTC on create and update.
+	TimeMode_TIME_MODE_UNSPECIFIED TimeMode = 0
+	// The times are instants, the same for every player.
+	TimeMode_TIME_MODE_UTC TimeMode = 1
+	// start_time, end_time, preview_time and recurrence.until are wall-clock times in each
+	// player's own zone, written as if in UTC: 2027-01-01T20:00:00Z is 20:00 wherever the
+	// player is. recurrence.time_zone must then be empty (or UTC).
+	TimeMode_TIME_MODE_PLAYER_LOCAL TimeMode = 2
+)
+
+// Enum value maps for TimeMode.
+var (
+	TimeMode_name = map[int32]string{
+		0: "TIME_MODE_UNSPECIFIED",
+		1: "TIME_MODE_UTC",
+		2: "TIME_MODE_PLAYER_LOCAL",
+	}
+	TimeMode_value = map[string]int32{
+		"TIME_MODE_UNSPECIFIED":  0,
+		"TIME_MODE_UTC":          1,
+		"TIME_MODE_PLAYER_LOCAL": 2,
+	}
+)
+
+func (x TimeMode) Enum() *TimeMode {
+	p := new(TimeMode)
+	*p = x
+	return p
+}
+
+func (x TimeMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TimeMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_events_proto_enumTypes[2].Descriptor()
+}
+
+func (TimeMode) Type() protoreflect.EnumType {
+	return &file_events_proto_enumTypes[2]
+}
+
+func (x TimeMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TimeMode.Descriptor instead.
+func (TimeMode) EnumDescriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{2}
+}
+
+// HiddenReason says why a player is not shown an event; the first that applies.
+type HiddenReason int32
+
+const (
+	HiddenReason_HIDDEN_REASON_UNSPECIFIED HiddenReason = 0
+	// The player is not in the event's audience.
+	HiddenReason_HIDDEN_REASON_AUDIENCE HiddenReason = 1
+	// The player is in the audience, but also in its exclude.
+	HiddenReason_HIDDEN_REASON_EXCLUDED HiddenReason = 2
+	// The player is outside the rollout_percent (or sent no player_id).
+	HiddenReason_HIDDEN_REASON_ROLLOUT HiddenReason = 3
+	// The event is upcoming and not yet previewed.
+	HiddenReason_HIDDEN_REASON_NOT_YET_PREVIEWED HiddenReason = 4
+	HiddenReason_HIDDEN_REASON_DRAFT             HiddenReason = 5
+	HiddenReason_HIDDEN_REASON_ENDED             HiddenReason = 6
+	// The event is not among the statuses or labels asked for.
+	HiddenReason_HIDDEN_REASON_NOT_REQUESTED HiddenReason = 7
+)
+
+// Enum value maps for HiddenReason.
+var (
+	HiddenReason_name = map[int32]string{
+		0: "HIDDEN_REASON_UNSPECIFIED",
+		1: "HIDDEN_REASON_AUDIENCE",
+		2: "HIDDEN_REASON_EXCLUDED",
+		3: "HIDDEN_REASON_ROLLOUT",
+		4: "HIDDEN_REASON_NOT_YET_PREVIEWED",
+		5: "HIDDEN_REASON_DRAFT",
+		6: "HIDDEN_REASON_ENDED",
+		7: "HIDDEN_REASON_NOT_REQUESTED",
+	}
+	HiddenReason_value = map[string]int32{
+		"HIDDEN_REASON_UNSPECIFIED":       0,
+		"HIDDEN_REASON_AUDIENCE":          1,
+		"HIDDEN_REASON_EXCLUDED":          2,
+		"HIDDEN_REASON_ROLLOUT":           3,
+		"HIDDEN_REASON_NOT_YET_PREVIEWED": 4,
+		"HIDDEN_REASON_DRAFT":             5,
+		"HIDDEN_REASON_ENDED":             6,
+		"HIDDEN_REASON_NOT_REQUESTED":     7,
+	}
+)
+
+func (x HiddenReason) Enum() *HiddenReason {
+	p := new(HiddenReason)
+	*p = x
+	return p
+}
+
+func (x HiddenReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HiddenReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_events_proto_enumTypes[3].Descriptor()
+}
+
+func (HiddenReason) Type() protoreflect.EnumType {
+	return &file_events_proto_enumTypes[3]
+}
+
+func (x HiddenReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HiddenReason.Descriptor instead.
+func (HiddenReason) EnumDescriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{3}
+}
+
 type Recurrence_Unit int32
 
 const (
@@ -177,11 +302,11 @@ func (x Recurrence_Unit) String() string {
 }
 
 func (Recurrence_Unit) Descriptor() protoreflect.EnumDescriptor {
-	return file_events_proto_enumTypes[2].Descriptor()
+	return file_events_proto_enumTypes[4].Descriptor()
 }
 
 func (Recurrence_Unit) Type() protoreflect.EnumType {
-	return &file_events_proto_enumTypes[2]
+	return &file_events_proto_enumTypes[4]
 }
 
 func (x Recurrence_Unit) Number() protoreflect.EnumNumber {
@@ -277,6 +402,157 @@ func (x *Recurrence) GetCount() int32 {
 	return 0
 }
 
+// Audience restricts an event to the players whose client declares a matching context
+// (GET /events's platform, client version, country and languages). Every field set must
+// match; an empty field matches anyone. A player whose client does not declare a field
+// the audience sets is not in the audience. Lists hold at most 250 values.
+type Audience struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// platforms: ios, android, windows, macos, linux, switch, playstation, xbox, web.
+	Platforms []string `protobuf:"bytes,1,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	// min_version and max_version bound the client version, inclusive, as semantic versions
+	// (1.4.0, 2.0.0-beta.1; "1.4" is 1.4.0).
+	MinVersion string `protobuf:"bytes,2,opt,name=min_version,json=minVersion,proto3" json:"min_version,omitempty"`
+	MaxVersion string `protobuf:"bytes,3,opt,name=max_version,json=maxVersion,proto3" json:"max_version,omitempty"`
+	// countries: ISO 3166-1 alpha-2 codes such as FR.
+	Countries []string `protobuf:"bytes,4,rep,name=countries,proto3" json:"countries,omitempty"`
+	// languages: BCP 47 primary language subtags such as fr or pt; any of the client's
+	// languages may match.
+	Languages []string `protobuf:"bytes,5,rep,name=languages,proto3" json:"languages,omitempty"`
+	// exclude (optional) removes the players who match every field it sets, and only when
+	// the client declares each of those fields. An exclude cannot have an exclude itself.
+	Exclude       *Audience `protobuf:"bytes,6,opt,name=exclude,proto3" json:"exclude,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Audience) Reset() {
+	*x = Audience{}
+	mi := &file_events_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Audience) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Audience) ProtoMessage() {}
+
+func (x *Audience) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Audience.ProtoReflect.Descriptor instead.
+func (*Audience) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Audience) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
+	}
+	return nil
+}
+
+func (x *Audience) GetMinVersion() string {
+	if x != nil {
+		return x.MinVersion
+	}
+	return ""
+}
+
+func (x *Audience) GetMaxVersion() string {
+	if x != nil {
+		return x.MaxVersion
+	}
+	return ""
+}
+
+func (x *Audience) GetCountries() []string {
+	if x != nil {
+		return x.Countries
+	}
+	return nil
+}
+
+func (x *Audience) GetLanguages() []string {
+	if x != nil {
+		return x.Languages
+	}
+	return nil
+}
+
+func (x *Audience) GetExclude() *Audience {
+	if x != nil {
+		return x.Exclude
+	}
+	return nil
+}
+
+// Localization is an event's text in one locale. Each follows the rules of the default
+// text (title up to 100 characters, description up to 1000); an empty title falls back to
+// the default title.
+type Localization struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Title         string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Localization) Reset() {
+	*x = Localization{}
+	mi := &file_events_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Localization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Localization) ProtoMessage() {}
+
+func (x *Localization) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Localization.ProtoReflect.Descriptor instead.
+func (*Localization) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Localization) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *Localization) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 // Event is a time-limited live event. It is active at time t when
 // start_time <= t < end_time, or within one of its occurrences when it repeats.
 type Event struct {
@@ -308,13 +584,31 @@ type Event struct {
 	Status EventStatus `protobuf:"varint,15,opt,name=status,proto3,enum=liveops.v1.EventStatus" json:"status,omitempty"`
 	// next_start_time is the first start (of an occurrence) after that instant, if any.
 	NextStartTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=next_start_time,json=nextStartTime,proto3" json:"next_start_time,omitempty"`
+	// audience (optional) restricts who is shown the event; unset is everyone.
+	Audience *Audience `protobuf:"bytes,17,opt,name=audience,proto3" json:"audience,omitempty"`
+	// rollout_percent (1 to 100) is the share of players shown the event, chosen by hashing
+	// the event id and the player id, so a player's answer is stable. Requests without a
+	// player id see only events at 100. 0 in a request means 100.
+	RolloutPercent int32    `protobuf:"varint,18,opt,name=rollout_percent,json=rolloutPercent,proto3" json:"rollout_percent,omitempty"`
+	TimeMode       TimeMode `protobuf:"varint,19,opt,name=time_mode,json=timeMode,proto3,enum=liveops.v1.TimeMode" json:"time_mode,omitempty"`
+	// localizations are the title and description in other locales, by BCP 47 tag (fr,
+	// pt-BR); title and description are the default locale's. Players get the locale that
+	// best fits their Accept-Language.
+	Localizations map[string]*Localization `protobuf:"bytes,20,rep,name=localizations,proto3" json:"localizations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// first_start_time (output only) is the first instant anywhere on Earth the event
+	// starts: start_time for a UTC event, start_time - 14h (UTC+14) for a PLAYER_LOCAL one.
+	FirstStartTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=first_start_time,json=firstStartTime,proto3" json:"first_start_time,omitempty"`
+	// last_end_time (output only) is the last instant anywhere on Earth it is active: the end
+	// of its last occurrence, + 12h (UTC-12) for a PLAYER_LOCAL event. Unset when it repeats
+	// forever.
+	LastEndTime   *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=last_end_time,json=lastEndTime,proto3" json:"last_end_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_events_proto_msgTypes[1]
+	mi := &file_events_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +620,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[1]
+	mi := &file_events_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +633,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{1}
+	return file_events_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Event) GetId() string {
@@ -454,6 +748,48 @@ func (x *Event) GetNextStartTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Event) GetAudience() *Audience {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *Event) GetRolloutPercent() int32 {
+	if x != nil {
+		return x.RolloutPercent
+	}
+	return 0
+}
+
+func (x *Event) GetTimeMode() TimeMode {
+	if x != nil {
+		return x.TimeMode
+	}
+	return TimeMode_TIME_MODE_UNSPECIFIED
+}
+
+func (x *Event) GetLocalizations() map[string]*Localization {
+	if x != nil {
+		return x.Localizations
+	}
+	return nil
+}
+
+func (x *Event) GetFirstStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstStartTime
+	}
+	return nil
+}
+
+func (x *Event) GetLastEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastEndTime
+	}
+	return nil
+}
+
 type CreateEventRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Title       string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
@@ -473,14 +809,19 @@ type CreateEventRequest struct {
 	Labels      []string               `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty"`
 	State       EventState             `protobuf:"varint,11,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
 	// validate_only checks everything and stores nothing; the reply is the event as it would be.
-	ValidateOnly  bool `protobuf:"varint,12,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ValidateOnly bool      `protobuf:"varint,12,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	Audience     *Audience `protobuf:"bytes,13,opt,name=audience,proto3" json:"audience,omitempty"`
+	// rollout_percent is 100 when 0.
+	RolloutPercent int32                    `protobuf:"varint,14,opt,name=rollout_percent,json=rolloutPercent,proto3" json:"rollout_percent,omitempty"`
+	TimeMode       TimeMode                 `protobuf:"varint,15,opt,name=time_mode,json=timeMode,proto3,enum=liveops.v1.TimeMode" json:"time_mode,omitempty"`
+	Localizations  map[string]*Localization `protobuf:"bytes,16,rep,name=localizations,proto3" json:"localizations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateEventRequest) Reset() {
 	*x = CreateEventRequest{}
-	mi := &file_events_proto_msgTypes[2]
+	mi := &file_events_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +833,7 @@ func (x *CreateEventRequest) String() string {
 func (*CreateEventRequest) ProtoMessage() {}
 
 func (x *CreateEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[2]
+	mi := &file_events_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +846,7 @@ func (x *CreateEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventRequest.ProtoReflect.Descriptor instead.
 func (*CreateEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{2}
+	return file_events_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateEventRequest) GetTitle() string {
@@ -592,6 +933,34 @@ func (x *CreateEventRequest) GetValidateOnly() bool {
 	return false
 }
 
+func (x *CreateEventRequest) GetAudience() *Audience {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *CreateEventRequest) GetRolloutPercent() int32 {
+	if x != nil {
+		return x.RolloutPercent
+	}
+	return 0
+}
+
+func (x *CreateEventRequest) GetTimeMode() TimeMode {
+	if x != nil {
+		return x.TimeMode
+	}
+	return TimeMode_TIME_MODE_UNSPECIFIED
+}
+
+func (x *CreateEventRequest) GetLocalizations() map[string]*Localization {
+	if x != nil {
+		return x.Localizations
+	}
+	return nil
+}
+
 type CreateEventResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
@@ -603,7 +972,7 @@ type CreateEventResponse struct {
 
 func (x *CreateEventResponse) Reset() {
 	*x = CreateEventResponse{}
-	mi := &file_events_proto_msgTypes[3]
+	mi := &file_events_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +984,7 @@ func (x *CreateEventResponse) String() string {
 func (*CreateEventResponse) ProtoMessage() {}
 
 func (x *CreateEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[3]
+	mi := &file_events_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +997,7 @@ func (x *CreateEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventResponse.ProtoReflect.Descriptor instead.
 func (*CreateEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{3}
+	return file_events_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateEventResponse) GetEvent() *Event {
@@ -654,7 +1023,7 @@ type GetEventRequest struct {
 
 func (x *GetEventRequest) Reset() {
 	*x = GetEventRequest{}
-	mi := &file_events_proto_msgTypes[4]
+	mi := &file_events_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +1035,7 @@ func (x *GetEventRequest) String() string {
 func (*GetEventRequest) ProtoMessage() {}
 
 func (x *GetEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[4]
+	mi := &file_events_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +1048,7 @@ func (x *GetEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventRequest.ProtoReflect.Descriptor instead.
 func (*GetEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{4}
+	return file_events_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetEventRequest) GetId() string {
@@ -700,7 +1069,7 @@ type GetEventResponse struct {
 
 func (x *GetEventResponse) Reset() {
 	*x = GetEventResponse{}
-	mi := &file_events_proto_msgTypes[5]
+	mi := &file_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +1081,7 @@ func (x *GetEventResponse) String() string {
 func (*GetEventResponse) ProtoMessage() {}
 
 func (x *GetEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[5]
+	mi := &file_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +1094,7 @@ func (x *GetEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventResponse.ProtoReflect.Descriptor instead.
 func (*GetEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{5}
+	return file_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetEventResponse) GetEvent() *Event {
@@ -755,8 +1124,10 @@ type UpdateEventRequest struct {
 	// etag (optional): the event's etag as last read; if it changed since, ABORTED.
 	Etag string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
 	// update_mask (optional) names the fields to change: title, description, start_time,
-	// end_time, rewards, preview_time, recurrence, priority, labels, state. Other paths are
-	// INVALID_ARGUMENT.
+	// end_time, rewards, preview_time, recurrence, priority, labels, state, audience,
+	// rollout_percent, time_mode, localizations. Other paths are INVALID_ARGUMENT. Without
+	// a mask, an unset audience, time_mode or localizations resets it to its default
+	// (everyone, UTC, none), and rollout_percent 0 to 100.
 	UpdateMask  *fieldmaskpb.FieldMask `protobuf:"bytes,8,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	PreviewTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=preview_time,json=previewTime,proto3" json:"preview_time,omitempty"`
 	Recurrence  *Recurrence            `protobuf:"bytes,10,opt,name=recurrence,proto3" json:"recurrence,omitempty"`
@@ -764,14 +1135,18 @@ type UpdateEventRequest struct {
 	Labels      []string               `protobuf:"bytes,12,rep,name=labels,proto3" json:"labels,omitempty"`
 	State       EventState             `protobuf:"varint,13,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
 	// validate_only checks everything and stores nothing; the reply is the event as it would be.
-	ValidateOnly  bool `protobuf:"varint,14,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ValidateOnly   bool                     `protobuf:"varint,14,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	Audience       *Audience                `protobuf:"bytes,15,opt,name=audience,proto3" json:"audience,omitempty"`
+	RolloutPercent int32                    `protobuf:"varint,16,opt,name=rollout_percent,json=rolloutPercent,proto3" json:"rollout_percent,omitempty"`
+	TimeMode       TimeMode                 `protobuf:"varint,17,opt,name=time_mode,json=timeMode,proto3,enum=liveops.v1.TimeMode" json:"time_mode,omitempty"`
+	Localizations  map[string]*Localization `protobuf:"bytes,18,rep,name=localizations,proto3" json:"localizations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *UpdateEventRequest) Reset() {
 	*x = UpdateEventRequest{}
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +1158,7 @@ func (x *UpdateEventRequest) String() string {
 func (*UpdateEventRequest) ProtoMessage() {}
 
 func (x *UpdateEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +1171,7 @@ func (x *UpdateEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEventRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{6}
+	return file_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpdateEventRequest) GetId() string {
@@ -897,6 +1272,34 @@ func (x *UpdateEventRequest) GetValidateOnly() bool {
 	return false
 }
 
+func (x *UpdateEventRequest) GetAudience() *Audience {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *UpdateEventRequest) GetRolloutPercent() int32 {
+	if x != nil {
+		return x.RolloutPercent
+	}
+	return 0
+}
+
+func (x *UpdateEventRequest) GetTimeMode() TimeMode {
+	if x != nil {
+		return x.TimeMode
+	}
+	return TimeMode_TIME_MODE_UNSPECIFIED
+}
+
+func (x *UpdateEventRequest) GetLocalizations() map[string]*Localization {
+	if x != nil {
+		return x.Localizations
+	}
+	return nil
+}
+
 type UpdateEventResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
@@ -908,7 +1311,7 @@ type UpdateEventResponse struct {
 
 func (x *UpdateEventResponse) Reset() {
 	*x = UpdateEventResponse{}
-	mi := &file_events_proto_msgTypes[7]
+	mi := &file_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1323,7 @@ func (x *UpdateEventResponse) String() string {
 func (*UpdateEventResponse) ProtoMessage() {}
 
 func (x *UpdateEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[7]
+	mi := &file_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1336,7 @@ func (x *UpdateEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEventResponse.ProtoReflect.Descriptor instead.
 func (*UpdateEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{7}
+	return file_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateEventResponse) GetEvent() *Event {
@@ -961,7 +1364,7 @@ type DeleteEventRequest struct {
 
 func (x *DeleteEventRequest) Reset() {
 	*x = DeleteEventRequest{}
-	mi := &file_events_proto_msgTypes[8]
+	mi := &file_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1376,7 @@ func (x *DeleteEventRequest) String() string {
 func (*DeleteEventRequest) ProtoMessage() {}
 
 func (x *DeleteEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[8]
+	mi := &file_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1389,7 @@ func (x *DeleteEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEventRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{8}
+	return file_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteEventRequest) GetId() string {
@@ -1012,7 +1415,7 @@ type DeleteEventResponse struct {
 
 func (x *DeleteEventResponse) Reset() {
 	*x = DeleteEventResponse{}
-	mi := &file_events_proto_msgTypes[9]
+	mi := &file_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1427,7 @@ func (x *DeleteEventResponse) String() string {
 func (*DeleteEventResponse) ProtoMessage() {}
 
 func (x *DeleteEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[9]
+	mi := &file_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1440,7 @@ func (x *DeleteEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEventResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{9}
+	return file_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteEventResponse) GetSuccess() bool {
@@ -1064,14 +1467,22 @@ type ListEventsRequest struct {
 	State EventState `protobuf:"varint,5,opt,name=state,proto3,enum=liveops.v1.EventState" json:"state,omitempty"`
 	// at (optional): compute status and next_start_time as of this instant instead of now,
 	// to see what players will see then.
-	At            *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
+	At *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
+	// platforms, countries and languages (optional) filter by audience: only events whose
+	// audience names at least one of the values given, for each filter given. An event
+	// without an audience, or whose audience does not list that field (it is for every
+	// platform, say), does not match; values an exclude names do not count. Values follow
+	// Audience's rules.
+	Platforms     []string `protobuf:"bytes,7,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	Countries     []string `protobuf:"bytes,8,rep,name=countries,proto3" json:"countries,omitempty"`
+	Languages     []string `protobuf:"bytes,9,rep,name=languages,proto3" json:"languages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_events_proto_msgTypes[10]
+	mi := &file_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1494,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[10]
+	mi := &file_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1507,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{10}
+	return file_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListEventsRequest) GetPageSize() int32 {
@@ -1141,6 +1552,27 @@ func (x *ListEventsRequest) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ListEventsRequest) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetCountries() []string {
+	if x != nil {
+		return x.Countries
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetLanguages() []string {
+	if x != nil {
+		return x.Languages
+	}
+	return nil
+}
+
 type ListEventsResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
@@ -1155,7 +1587,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_events_proto_msgTypes[11]
+	mi := &file_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1599,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[11]
+	mi := &file_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1612,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{11}
+	return file_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -1229,7 +1661,7 @@ type Revision struct {
 
 func (x *Revision) Reset() {
 	*x = Revision{}
-	mi := &file_events_proto_msgTypes[12]
+	mi := &file_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1673,7 @@ func (x *Revision) String() string {
 func (*Revision) ProtoMessage() {}
 
 func (x *Revision) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[12]
+	mi := &file_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1686,7 @@ func (x *Revision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revision.ProtoReflect.Descriptor instead.
 func (*Revision) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{12}
+	return file_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Revision) GetEventId() string {
@@ -1325,7 +1757,7 @@ type ListEventRevisionsRequest struct {
 
 func (x *ListEventRevisionsRequest) Reset() {
 	*x = ListEventRevisionsRequest{}
-	mi := &file_events_proto_msgTypes[13]
+	mi := &file_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1769,7 @@ func (x *ListEventRevisionsRequest) String() string {
 func (*ListEventRevisionsRequest) ProtoMessage() {}
 
 func (x *ListEventRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[13]
+	mi := &file_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1782,7 @@ func (x *ListEventRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{13}
+	return file_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListEventRevisionsRequest) GetEventId() string {
@@ -1385,7 +1817,7 @@ type ListEventRevisionsResponse struct {
 
 func (x *ListEventRevisionsResponse) Reset() {
 	*x = ListEventRevisionsResponse{}
-	mi := &file_events_proto_msgTypes[14]
+	mi := &file_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1829,7 @@ func (x *ListEventRevisionsResponse) String() string {
 func (*ListEventRevisionsResponse) ProtoMessage() {}
 
 func (x *ListEventRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[14]
+	mi := &file_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1842,7 @@ func (x *ListEventRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{14}
+	return file_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListEventRevisionsResponse) GetRevisions() []*Revision {
@@ -1442,7 +1874,7 @@ type ListAuditLogRequest struct {
 
 func (x *ListAuditLogRequest) Reset() {
 	*x = ListAuditLogRequest{}
-	mi := &file_events_proto_msgTypes[15]
+	mi := &file_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1886,7 @@ func (x *ListAuditLogRequest) String() string {
 func (*ListAuditLogRequest) ProtoMessage() {}
 
 func (x *ListAuditLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[15]
+	mi := &file_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1899,7 @@ func (x *ListAuditLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditLogRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditLogRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{15}
+	return file_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListAuditLogRequest) GetPageSize() int32 {
@@ -1509,7 +1941,7 @@ type ListAuditLogResponse struct {
 
 func (x *ListAuditLogResponse) Reset() {
 	*x = ListAuditLogResponse{}
-	mi := &file_events_proto_msgTypes[16]
+	mi := &file_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1953,7 @@ func (x *ListAuditLogResponse) String() string {
 func (*ListAuditLogResponse) ProtoMessage() {}
 
 func (x *ListAuditLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[16]
+	mi := &file_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1966,7 @@ func (x *ListAuditLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditLogResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditLogResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{16}
+	return file_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListAuditLogResponse) GetRevisions() []*Revision {
@@ -1564,7 +1996,7 @@ type RestoreEventRequest struct {
 
 func (x *RestoreEventRequest) Reset() {
 	*x = RestoreEventRequest{}
-	mi := &file_events_proto_msgTypes[17]
+	mi := &file_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +2008,7 @@ func (x *RestoreEventRequest) String() string {
 func (*RestoreEventRequest) ProtoMessage() {}
 
 func (x *RestoreEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[17]
+	mi := &file_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +2021,7 @@ func (x *RestoreEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreEventRequest.ProtoReflect.Descriptor instead.
 func (*RestoreEventRequest) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{17}
+	return file_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestoreEventRequest) GetEventId() string {
@@ -1624,7 +2056,7 @@ type RestoreEventResponse struct {
 
 func (x *RestoreEventResponse) Reset() {
 	*x = RestoreEventResponse{}
-	mi := &file_events_proto_msgTypes[18]
+	mi := &file_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +2068,7 @@ func (x *RestoreEventResponse) String() string {
 func (*RestoreEventResponse) ProtoMessage() {}
 
 func (x *RestoreEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[18]
+	mi := &file_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +2081,7 @@ func (x *RestoreEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreEventResponse.ProtoReflect.Descriptor instead.
 func (*RestoreEventResponse) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{18}
+	return file_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestoreEventResponse) GetEvent() *Event {
@@ -1664,6 +2096,334 @@ func (x *RestoreEventResponse) GetServerTime() *timestamppb.Timestamp {
 		return x.ServerTime
 	}
 	return nil
+}
+
+type PreviewPlayerViewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The player's context, as GET /events takes it (see the README): each optional.
+	Platform      string `protobuf:"bytes,1,opt,name=platform,proto3" json:"platform,omitempty"`
+	ClientVersion string `protobuf:"bytes,2,opt,name=client_version,json=clientVersion,proto3" json:"client_version,omitempty"`
+	Country       string `protobuf:"bytes,3,opt,name=country,proto3" json:"country,omitempty"`
+	// language: a BCP 47 tag, or an Accept-Language value ("fr-CA, fr;q=0.9").
+	Language string `protobuf:"bytes,4,opt,name=language,proto3" json:"language,omitempty"`
+	PlayerId string `protobuf:"bytes,5,opt,name=player_id,json=playerId,proto3" json:"player_id,omitempty"`
+	// time_zone: an IANA name such as Europe/Paris; utc_offset: a fixed offset such as +09:00.
+	TimeZone  string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	UtcOffset string `protobuf:"bytes,7,opt,name=utc_offset,json=utcOffset,proto3" json:"utc_offset,omitempty"`
+	// at: the instant to preview (default now). statuses and labels are GET /events's status
+	// and label.
+	At            *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=at,proto3" json:"at,omitempty"`
+	Statuses      []string               `protobuf:"bytes,9,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	Labels        []string               `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewPlayerViewRequest) Reset() {
+	*x = PreviewPlayerViewRequest{}
+	mi := &file_events_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewPlayerViewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewPlayerViewRequest) ProtoMessage() {}
+
+func (x *PreviewPlayerViewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewPlayerViewRequest.ProtoReflect.Descriptor instead.
+func (*PreviewPlayerViewRequest) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PreviewPlayerViewRequest) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetClientVersion() string {
+	if x != nil {
+		return x.ClientVersion
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetCountry() string {
+	if x != nil {
+		return x.Country
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetLanguage() string {
+	if x != nil {
+		return x.Language
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetPlayerId() string {
+	if x != nil {
+		return x.PlayerId
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetUtcOffset() string {
+	if x != nil {
+		return x.UtcOffset
+	}
+	return ""
+}
+
+func (x *PreviewPlayerViewRequest) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *PreviewPlayerViewRequest) GetStatuses() []string {
+	if x != nil {
+		return x.Statuses
+	}
+	return nil
+}
+
+func (x *PreviewPlayerViewRequest) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type PreviewPlayerViewResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ServerTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	// shown is what GET /events would list, in its order.
+	Shown []*ShownEvent `protobuf:"bytes,2,rep,name=shown,proto3" json:"shown,omitempty"`
+	// hidden is every other event, with why.
+	Hidden []*HiddenEvent `protobuf:"bytes,3,rep,name=hidden,proto3" json:"hidden,omitempty"`
+	// body is the exact JSON body GET /events would answer.
+	Body          string `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewPlayerViewResponse) Reset() {
+	*x = PreviewPlayerViewResponse{}
+	mi := &file_events_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewPlayerViewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewPlayerViewResponse) ProtoMessage() {}
+
+func (x *PreviewPlayerViewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewPlayerViewResponse.ProtoReflect.Descriptor instead.
+func (*PreviewPlayerViewResponse) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PreviewPlayerViewResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
+	}
+	return nil
+}
+
+func (x *PreviewPlayerViewResponse) GetShown() []*ShownEvent {
+	if x != nil {
+		return x.Shown
+	}
+	return nil
+}
+
+func (x *PreviewPlayerViewResponse) GetHidden() []*HiddenEvent {
+	if x != nil {
+		return x.Hidden
+	}
+	return nil
+}
+
+func (x *PreviewPlayerViewResponse) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+// ShownEvent is an event as one player is shown it.
+type ShownEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event is the event as an admin reads it, but for start_time, end_time and
+	// preview_time, which are those of the occurrence shown, as instants for this player
+	// (as GET /events gives them). Its title and description stay the default text.
+	Event *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// locale is the locale of the text the player gets; empty for the default text.
+	Locale string `protobuf:"bytes,2,opt,name=locale,proto3" json:"locale,omitempty"`
+	// title and description are the text the player gets, in that locale.
+	Title         string `protobuf:"bytes,3,opt,name=title,proto3" json:"title,omitempty"`
+	Description   string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShownEvent) Reset() {
+	*x = ShownEvent{}
+	mi := &file_events_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShownEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShownEvent) ProtoMessage() {}
+
+func (x *ShownEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShownEvent.ProtoReflect.Descriptor instead.
+func (*ShownEvent) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ShownEvent) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ShownEvent) GetLocale() string {
+	if x != nil {
+		return x.Locale
+	}
+	return ""
+}
+
+func (x *ShownEvent) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *ShownEvent) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+// HiddenEvent is an event a player is not shown.
+type HiddenEvent struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// title is the default title.
+	Title         string       `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	Reason        HiddenReason `protobuf:"varint,3,opt,name=reason,proto3,enum=liveops.v1.HiddenReason" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HiddenEvent) Reset() {
+	*x = HiddenEvent{}
+	mi := &file_events_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HiddenEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HiddenEvent) ProtoMessage() {}
+
+func (x *HiddenEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HiddenEvent.ProtoReflect.Descriptor instead.
+func (*HiddenEvent) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *HiddenEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *HiddenEvent) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *HiddenEvent) GetReason() HiddenReason {
+	if x != nil {
+		return x.Reason
+	}
+	return HiddenReason_HIDDEN_REASON_UNSPECIFIED
 }
 
 var File_events_proto protoreflect.FileDescriptor
@@ -1686,7 +2446,19 @@ const file_events_proto_rawDesc = "" +
 	"\x05DAILY\x10\x02\x12\n" +
 	"\n" +
 	"\x06WEEKLY\x10\x03\x12\v\n" +
-	"\aMONTHLY\x10\x04\"\xb3\x05\n" +
+	"\aMONTHLY\x10\x04\"\xd6\x01\n" +
+	"\bAudience\x12\x1c\n" +
+	"\tplatforms\x18\x01 \x03(\tR\tplatforms\x12\x1f\n" +
+	"\vmin_version\x18\x02 \x01(\tR\n" +
+	"minVersion\x12\x1f\n" +
+	"\vmax_version\x18\x03 \x01(\tR\n" +
+	"maxVersion\x12\x1c\n" +
+	"\tcountries\x18\x04 \x03(\tR\tcountries\x12\x1c\n" +
+	"\tlanguages\x18\x05 \x03(\tR\tlanguages\x12.\n" +
+	"\aexclude\x18\x06 \x01(\v2\x14.liveops.v1.AudienceR\aexclude\"F\n" +
+	"\fLocalization\x12\x14\n" +
+	"\x05title\x18\x01 \x01(\tR\x05title\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xef\b\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -1709,7 +2481,16 @@ const file_events_proto_rawDesc = "" +
 	"\x06labels\x18\r \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\x0e \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12/\n" +
 	"\x06status\x18\x0f \x01(\x0e2\x17.liveops.v1.EventStatusR\x06status\x12B\n" +
-	"\x0fnext_start_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\rnextStartTime\"\xf5\x03\n" +
+	"\x0fnext_start_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\rnextStartTime\x120\n" +
+	"\baudience\x18\x11 \x01(\v2\x14.liveops.v1.AudienceR\baudience\x12'\n" +
+	"\x0frollout_percent\x18\x12 \x01(\x05R\x0erolloutPercent\x121\n" +
+	"\ttime_mode\x18\x13 \x01(\x0e2\x14.liveops.v1.TimeModeR\btimeMode\x12J\n" +
+	"\rlocalizations\x18\x14 \x03(\v2$.liveops.v1.Event.LocalizationsEntryR\rlocalizations\x12D\n" +
+	"\x10first_start_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x0efirstStartTime\x12>\n" +
+	"\rlast_end_time\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\vlastEndTime\x1aZ\n" +
+	"\x12LocalizationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\v2\x18.liveops.v1.LocalizationR\x05value:\x028\x01\"\xb8\x06\n" +
 	"\x12CreateEventRequest\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x129\n" +
@@ -1727,7 +2508,14 @@ const file_events_proto_rawDesc = "" +
 	"\x06labels\x18\n" +
 	" \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\v \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12#\n" +
-	"\rvalidate_only\x18\f \x01(\bR\fvalidateOnly\"{\n" +
+	"\rvalidate_only\x18\f \x01(\bR\fvalidateOnly\x120\n" +
+	"\baudience\x18\r \x01(\v2\x14.liveops.v1.AudienceR\baudience\x12'\n" +
+	"\x0frollout_percent\x18\x0e \x01(\x05R\x0erolloutPercent\x121\n" +
+	"\ttime_mode\x18\x0f \x01(\x0e2\x14.liveops.v1.TimeModeR\btimeMode\x12W\n" +
+	"\rlocalizations\x18\x10 \x03(\v21.liveops.v1.CreateEventRequest.LocalizationsEntryR\rlocalizations\x1aZ\n" +
+	"\x12LocalizationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\v2\x18.liveops.v1.LocalizationR\x05value:\x028\x01\"{\n" +
 	"\x13CreateEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -1737,7 +2525,7 @@ const file_events_proto_rawDesc = "" +
 	"\x10GetEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\"\xb7\x04\n" +
+	"serverTime\"\xfa\x06\n" +
 	"\x12UpdateEventRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12 \n" +
@@ -1757,7 +2545,14 @@ const file_events_proto_rawDesc = "" +
 	"\bpriority\x18\v \x01(\x05R\bpriority\x12\x16\n" +
 	"\x06labels\x18\f \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\r \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12#\n" +
-	"\rvalidate_only\x18\x0e \x01(\bR\fvalidateOnly\"{\n" +
+	"\rvalidate_only\x18\x0e \x01(\bR\fvalidateOnly\x120\n" +
+	"\baudience\x18\x0f \x01(\v2\x14.liveops.v1.AudienceR\baudience\x12'\n" +
+	"\x0frollout_percent\x18\x10 \x01(\x05R\x0erolloutPercent\x121\n" +
+	"\ttime_mode\x18\x11 \x01(\x0e2\x14.liveops.v1.TimeModeR\btimeMode\x12W\n" +
+	"\rlocalizations\x18\x12 \x03(\v21.liveops.v1.UpdateEventRequest.LocalizationsEntryR\rlocalizations\x1aZ\n" +
+	"\x12LocalizationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\v2\x18.liveops.v1.LocalizationR\x05value:\x028\x01\"{\n" +
 	"\x13UpdateEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -1766,7 +2561,7 @@ const file_events_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"/\n" +
 	"\x13DeleteEventResponse\x12\x18\n" +
-	"\asuccess\x18\x01 \x01(\bR\asuccess\"\xf2\x01\n" +
+	"\asuccess\x18\x01 \x01(\bR\asuccess\"\xcc\x02\n" +
 	"\x11ListEventsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -1774,7 +2569,10 @@ const file_events_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x03(\x0e2\x17.liveops.v1.EventStatusR\x06status\x12\x16\n" +
 	"\x06labels\x18\x04 \x03(\tR\x06labels\x12,\n" +
 	"\x05state\x18\x05 \x01(\x0e2\x16.liveops.v1.EventStateR\x05state\x12*\n" +
-	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xa4\x01\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1c\n" +
+	"\tplatforms\x18\a \x03(\tR\tplatforms\x12\x1c\n" +
+	"\tcountries\x18\b \x03(\tR\tcountries\x12\x1c\n" +
+	"\tlanguages\x18\t \x03(\tR\tlanguages\"\xa4\x01\n" +
 	"\x12ListEventsResponse\x12)\n" +
 	"\x06events\x18\x01 \x03(\v2\x11.liveops.v1.EventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12;\n" +
@@ -1813,7 +2611,36 @@ const file_events_proto_rawDesc = "" +
 	"\x14RestoreEventResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime*w\n" +
+	"serverTime\"\xcc\x02\n" +
+	"\x18PreviewPlayerViewRequest\x12\x1a\n" +
+	"\bplatform\x18\x01 \x01(\tR\bplatform\x12%\n" +
+	"\x0eclient_version\x18\x02 \x01(\tR\rclientVersion\x12\x18\n" +
+	"\acountry\x18\x03 \x01(\tR\acountry\x12\x1a\n" +
+	"\blanguage\x18\x04 \x01(\tR\blanguage\x12\x1b\n" +
+	"\tplayer_id\x18\x05 \x01(\tR\bplayerId\x12\x1b\n" +
+	"\ttime_zone\x18\x06 \x01(\tR\btimeZone\x12\x1d\n" +
+	"\n" +
+	"utc_offset\x18\a \x01(\tR\tutcOffset\x12*\n" +
+	"\x02at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1a\n" +
+	"\bstatuses\x18\t \x03(\tR\bstatuses\x12\x16\n" +
+	"\x06labels\x18\n" +
+	" \x03(\tR\x06labels\"\xcb\x01\n" +
+	"\x19PreviewPlayerViewResponse\x12;\n" +
+	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\x12,\n" +
+	"\x05shown\x18\x02 \x03(\v2\x16.liveops.v1.ShownEventR\x05shown\x12/\n" +
+	"\x06hidden\x18\x03 \x03(\v2\x17.liveops.v1.HiddenEventR\x06hidden\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\tR\x04body\"\x85\x01\n" +
+	"\n" +
+	"ShownEvent\x12'\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.liveops.v1.EventR\x05event\x12\x16\n" +
+	"\x06locale\x18\x02 \x01(\tR\x06locale\x12\x14\n" +
+	"\x05title\x18\x03 \x01(\tR\x05title\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\"p\n" +
+	"\vHiddenEvent\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x120\n" +
+	"\x06reason\x18\x03 \x01(\x0e2\x18.liveops.v1.HiddenReasonR\x06reason*w\n" +
 	"\vEventStatus\x12\x1c\n" +
 	"\x18EVENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EVENT_STATUS_UPCOMING\x10\x01\x12\x17\n" +
@@ -1823,7 +2650,20 @@ const file_events_proto_rawDesc = "" +
 	"EventState\x12\x1b\n" +
 	"\x17EVENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EVENT_STATE_PUBLISHED\x10\x01\x12\x15\n" +
-	"\x11EVENT_STATE_DRAFT\x10\x022\x9d\x05\n" +
+	"\x11EVENT_STATE_DRAFT\x10\x02*T\n" +
+	"\bTimeMode\x12\x19\n" +
+	"\x15TIME_MODE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rTIME_MODE_UTC\x10\x01\x12\x1a\n" +
+	"\x16TIME_MODE_PLAYER_LOCAL\x10\x02*\xf8\x01\n" +
+	"\fHiddenReason\x12\x1d\n" +
+	"\x19HIDDEN_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16HIDDEN_REASON_AUDIENCE\x10\x01\x12\x1a\n" +
+	"\x16HIDDEN_REASON_EXCLUDED\x10\x02\x12\x19\n" +
+	"\x15HIDDEN_REASON_ROLLOUT\x10\x03\x12#\n" +
+	"\x1fHIDDEN_REASON_NOT_YET_PREVIEWED\x10\x04\x12\x17\n" +
+	"\x13HIDDEN_REASON_DRAFT\x10\x05\x12\x17\n" +
+	"\x13HIDDEN_REASON_ENDED\x10\x06\x12\x1f\n" +
+	"\x1bHIDDEN_REASON_NOT_REQUESTED\x10\a2\xff\x05\n" +
 	"\fEventService\x12N\n" +
 	"\vCreateEvent\x12\x1e.liveops.v1.CreateEventRequest\x1a\x1f.liveops.v1.CreateEventResponse\x12E\n" +
 	"\bGetEvent\x12\x1b.liveops.v1.GetEventRequest\x1a\x1c.liveops.v1.GetEventResponse\x12N\n" +
@@ -1833,7 +2673,8 @@ const file_events_proto_rawDesc = "" +
 	"ListEvents\x12\x1d.liveops.v1.ListEventsRequest\x1a\x1e.liveops.v1.ListEventsResponse\x12c\n" +
 	"\x12ListEventRevisions\x12%.liveops.v1.ListEventRevisionsRequest\x1a&.liveops.v1.ListEventRevisionsResponse\x12Q\n" +
 	"\fListAuditLog\x12\x1f.liveops.v1.ListAuditLogRequest\x1a .liveops.v1.ListAuditLogResponse\x12Q\n" +
-	"\fRestoreEvent\x12\x1f.liveops.v1.RestoreEventRequest\x1a .liveops.v1.RestoreEventResponseB\x12Z\x10liveops/eventspbb\x06proto3"
+	"\fRestoreEvent\x12\x1f.liveops.v1.RestoreEventRequest\x1a .liveops.v1.RestoreEventResponse\x12`\n" +
+	"\x11PreviewPlayerView\x12$.liveops.v1.PreviewPlayerViewRequest\x1a%.liveops.v1.PreviewPlayerViewResponseB\x12Z\x10liveops/eventspbb\x06proto3"
 
 var (
 	file_events_proto_rawDescOnce sync.Once
@@ -1847,96 +2688,130 @@ func file_events_proto_rawDescGZIP() []byte {
 	return file_events_proto_rawDescData
 }
 
-var file_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_events_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_events_proto_goTypes = []any{
 	(EventStatus)(0),                   // 0: liveops.v1.EventStatus
 	(EventState)(0),                    // 1: liveops.v1.EventState
-	(Recurrence_Unit)(0),               // 2: liveops.v1.Recurrence.Unit
-	(*Recurrence)(nil),                 // 3: liveops.v1.Recurrence
-	(*Event)(nil),                      // 4: liveops.v1.Event
-	(*CreateEventRequest)(nil),         // 5: liveops.v1.CreateEventRequest
-	(*CreateEventResponse)(nil),        // 6: liveops.v1.CreateEventResponse
-	(*GetEventRequest)(nil),            // 7: liveops.v1.GetEventRequest
-	(*GetEventResponse)(nil),           // 8: liveops.v1.GetEventResponse
-	(*UpdateEventRequest)(nil),         // 9: liveops.v1.UpdateEventRequest
-	(*UpdateEventResponse)(nil),        // 10: liveops.v1.UpdateEventResponse
-	(*DeleteEventRequest)(nil),         // 11: liveops.v1.DeleteEventRequest
-	(*DeleteEventResponse)(nil),        // 12: liveops.v1.DeleteEventResponse
-	(*ListEventsRequest)(nil),          // 13: liveops.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),         // 14: liveops.v1.ListEventsResponse
-	(*Revision)(nil),                   // 15: liveops.v1.Revision
-	(*ListEventRevisionsRequest)(nil),  // 16: liveops.v1.ListEventRevisionsRequest
-	(*ListEventRevisionsResponse)(nil), // 17: liveops.v1.ListEventRevisionsResponse
-	(*ListAuditLogRequest)(nil),        // 18: liveops.v1.ListAuditLogRequest
-	(*ListAuditLogResponse)(nil),       // 19: liveops.v1.ListAuditLogResponse
-	(*RestoreEventRequest)(nil),        // 20: liveops.v1.RestoreEventRequest
-	(*RestoreEventResponse)(nil),       // 21: liveops.v1.RestoreEventResponse
-	(*timestamppb.Timestamp)(nil),      // 22: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 23: google.protobuf.FieldMask
+	(TimeMode)(0),                      // 2: liveops.v1.TimeMode
+	(HiddenReason)(0),                  // 3: liveops.v1.HiddenReason
+	(Recurrence_Unit)(0),               // 4: liveops.v1.Recurrence.Unit
+	(*Recurrence)(nil),                 // 5: liveops.v1.Recurrence
+	(*Audience)(nil),                   // 6: liveops.v1.Audience
+	(*Localization)(nil),               // 7: liveops.v1.Localization
+	(*Event)(nil),                      // 8: liveops.v1.Event
+	(*CreateEventRequest)(nil),         // 9: liveops.v1.CreateEventRequest
+	(*CreateEventResponse)(nil),        // 10: liveops.v1.CreateEventResponse
+	(*GetEventRequest)(nil),            // 11: liveops.v1.GetEventRequest
+	(*GetEventResponse)(nil),           // 12: liveops.v1.GetEventResponse
+	(*UpdateEventRequest)(nil),         // 13: liveops.v1.UpdateEventRequest
+	(*UpdateEventResponse)(nil),        // 14: liveops.v1.UpdateEventResponse
+	(*DeleteEventRequest)(nil),         // 15: liveops.v1.DeleteEventRequest
+	(*DeleteEventResponse)(nil),        // 16: liveops.v1.DeleteEventResponse
+	(*ListEventsRequest)(nil),          // 17: liveops.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),         // 18: liveops.v1.ListEventsResponse
+	(*Revision)(nil),                   // 19: liveops.v1.Revision
+	(*ListEventRevisionsRequest)(nil),  // 20: liveops.v1.ListEventRevisionsRequest
+	(*ListEventRevisionsResponse)(nil), // 21: liveops.v1.ListEventRevisionsResponse
+	(*ListAuditLogRequest)(nil),        // 22: liveops.v1.ListAuditLogRequest
+	(*ListAuditLogResponse)(nil),       // 23: liveops.v1.ListAuditLogResponse
+	(*RestoreEventRequest)(nil),        // 24: liveops.v1.RestoreEventRequest
+	(*RestoreEventResponse)(nil),       // 25: liveops.v1.RestoreEventResponse
+	(*PreviewPlayerViewRequest)(nil),   // 26: liveops.v1.PreviewPlayerViewRequest
+	(*PreviewPlayerViewResponse)(nil),  // 27: liveops.v1.PreviewPlayerViewResponse
+	(*ShownEvent)(nil),                 // 28: liveops.v1.ShownEvent
+	(*HiddenEvent)(nil),                // 29: liveops.v1.HiddenEvent
+	nil,                                // 30: liveops.v1.Event.LocalizationsEntry
+	nil,                                // 31: liveops.v1.CreateEventRequest.LocalizationsEntry
+	nil,                                // 32: liveops.v1.UpdateEventRequest.LocalizationsEntry
+	(*timestamppb.Timestamp)(nil),      // 33: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 34: google.protobuf.FieldMask
 }
 var file_events_proto_depIdxs = []int32{
-	2,  // 0: liveops.v1.Recurrence.unit:type_name -> liveops.v1.Recurrence.Unit
-	22, // 1: liveops.v1.Recurrence.until:type_name -> google.protobuf.Timestamp
-	22, // 2: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
-	22, // 3: liveops.v1.Event.end_time:type_name -> google.protobuf.Timestamp
-	22, // 4: liveops.v1.Event.created_at:type_name -> google.protobuf.Timestamp
-	22, // 5: liveops.v1.Event.updated_at:type_name -> google.protobuf.Timestamp
-	22, // 6: liveops.v1.Event.preview_time:type_name -> google.protobuf.Timestamp
-	3,  // 7: liveops.v1.Event.recurrence:type_name -> liveops.v1.Recurrence
-	1,  // 8: liveops.v1.Event.state:type_name -> liveops.v1.EventState
-	0,  // 9: liveops.v1.Event.status:type_name -> liveops.v1.EventStatus
-	22, // 10: liveops.v1.Event.next_start_time:type_name -> google.protobuf.Timestamp
-	22, // 11: liveops.v1.CreateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	22, // 12: liveops.v1.CreateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	22, // 13: liveops.v1.CreateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
-	3,  // 14: liveops.v1.CreateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
-	1,  // 15: liveops.v1.CreateEventRequest.state:type_name -> liveops.v1.EventState
-	4,  // 16: liveops.v1.CreateEventResponse.event:type_name -> liveops.v1.Event
-	22, // 17: liveops.v1.CreateEventResponse.server_time:type_name -> google.protobuf.Timestamp
-	4,  // 18: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
-	22, // 19: liveops.v1.GetEventResponse.server_time:type_name -> google.protobuf.Timestamp
-	22, // 20: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
-	22, // 21: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
-	23, // 22: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
-	22, // 23: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
-	3,  // 24: liveops.v1.UpdateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
-	1,  // 25: liveops.v1.UpdateEventRequest.state:type_name -> liveops.v1.EventState
-	4,  // 26: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
-	22, // 27: liveops.v1.UpdateEventResponse.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 28: liveops.v1.ListEventsRequest.status:type_name -> liveops.v1.EventStatus
-	1,  // 29: liveops.v1.ListEventsRequest.state:type_name -> liveops.v1.EventState
-	22, // 30: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
-	4,  // 31: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
-	22, // 32: liveops.v1.ListEventsResponse.server_time:type_name -> google.protobuf.Timestamp
-	22, // 33: liveops.v1.Revision.time:type_name -> google.protobuf.Timestamp
-	4,  // 34: liveops.v1.Revision.event:type_name -> liveops.v1.Event
-	15, // 35: liveops.v1.ListEventRevisionsResponse.revisions:type_name -> liveops.v1.Revision
-	22, // 36: liveops.v1.ListAuditLogRequest.since:type_name -> google.protobuf.Timestamp
-	15, // 37: liveops.v1.ListAuditLogResponse.revisions:type_name -> liveops.v1.Revision
-	4,  // 38: liveops.v1.RestoreEventResponse.event:type_name -> liveops.v1.Event
-	22, // 39: liveops.v1.RestoreEventResponse.server_time:type_name -> google.protobuf.Timestamp
-	5,  // 40: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
-	7,  // 41: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
-	9,  // 42: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
-	11, // 43: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
-	13, // 44: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
-	16, // 45: liveops.v1.EventService.ListEventRevisions:input_type -> liveops.v1.ListEventRevisionsRequest
-	18, // 46: liveops.v1.EventService.ListAuditLog:input_type -> liveops.v1.ListAuditLogRequest
-	20, // 47: liveops.v1.EventService.RestoreEvent:input_type -> liveops.v1.RestoreEventRequest
-	6,  // 48: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
-	8,  // 49: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
-	10, // 50: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
-	12, // 51: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
-	14, // 52: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
-	17, // 53: liveops.v1.EventService.ListEventRevisions:output_type -> liveops.v1.ListEventRevisionsResponse
-	19, // 54: liveops.v1.EventService.ListAuditLog:output_type -> liveops.v1.ListAuditLogResponse
-	21, // 55: liveops.v1.EventService.RestoreEvent:output_type -> liveops.v1.RestoreEventResponse
-	48, // [48:56] is the sub-list for method output_type
-	40, // [40:48] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	4,  // 0: liveops.v1.Recurrence.unit:type_name -> liveops.v1.Recurrence.Unit
+	33, // 1: liveops.v1.Recurrence.until:type_name -> google.protobuf.Timestamp
+	6,  // 2: liveops.v1.Audience.exclude:type_name -> liveops.v1.Audience
+	33, // 3: liveops.v1.Event.start_time:type_name -> google.protobuf.Timestamp
+	33, // 4: liveops.v1.Event.end_time:type_name -> google.protobuf.Timestamp
+	33, // 5: liveops.v1.Event.created_at:type_name -> google.protobuf.Timestamp
+	33, // 6: liveops.v1.Event.updated_at:type_name -> google.protobuf.Timestamp
+	33, // 7: liveops.v1.Event.preview_time:type_name -> google.protobuf.Timestamp
+	5,  // 8: liveops.v1.Event.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 9: liveops.v1.Event.state:type_name -> liveops.v1.EventState
+	0,  // 10: liveops.v1.Event.status:type_name -> liveops.v1.EventStatus
+	33, // 11: liveops.v1.Event.next_start_time:type_name -> google.protobuf.Timestamp
+	6,  // 12: liveops.v1.Event.audience:type_name -> liveops.v1.Audience
+	2,  // 13: liveops.v1.Event.time_mode:type_name -> liveops.v1.TimeMode
+	30, // 14: liveops.v1.Event.localizations:type_name -> liveops.v1.Event.LocalizationsEntry
+	33, // 15: liveops.v1.Event.first_start_time:type_name -> google.protobuf.Timestamp
+	33, // 16: liveops.v1.Event.last_end_time:type_name -> google.protobuf.Timestamp
+	33, // 17: liveops.v1.CreateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	33, // 18: liveops.v1.CreateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	33, // 19: liveops.v1.CreateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	5,  // 20: liveops.v1.CreateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 21: liveops.v1.CreateEventRequest.state:type_name -> liveops.v1.EventState
+	6,  // 22: liveops.v1.CreateEventRequest.audience:type_name -> liveops.v1.Audience
+	2,  // 23: liveops.v1.CreateEventRequest.time_mode:type_name -> liveops.v1.TimeMode
+	31, // 24: liveops.v1.CreateEventRequest.localizations:type_name -> liveops.v1.CreateEventRequest.LocalizationsEntry
+	8,  // 25: liveops.v1.CreateEventResponse.event:type_name -> liveops.v1.Event
+	33, // 26: liveops.v1.CreateEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	8,  // 27: liveops.v1.GetEventResponse.event:type_name -> liveops.v1.Event
+	33, // 28: liveops.v1.GetEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 29: liveops.v1.UpdateEventRequest.start_time:type_name -> google.protobuf.Timestamp
+	33, // 30: liveops.v1.UpdateEventRequest.end_time:type_name -> google.protobuf.Timestamp
+	34, // 31: liveops.v1.UpdateEventRequest.update_mask:type_name -> google.protobuf.FieldMask
+	33, // 32: liveops.v1.UpdateEventRequest.preview_time:type_name -> google.protobuf.Timestamp
+	5,  // 33: liveops.v1.UpdateEventRequest.recurrence:type_name -> liveops.v1.Recurrence
+	1,  // 34: liveops.v1.UpdateEventRequest.state:type_name -> liveops.v1.EventState
+	6,  // 35: liveops.v1.UpdateEventRequest.audience:type_name -> liveops.v1.Audience
+	2,  // 36: liveops.v1.UpdateEventRequest.time_mode:type_name -> liveops.v1.TimeMode
+	32, // 37: liveops.v1.UpdateEventRequest.localizations:type_name -> liveops.v1.UpdateEventRequest.LocalizationsEntry
+	8,  // 38: liveops.v1.UpdateEventResponse.event:type_name -> liveops.v1.Event
+	33, // 39: liveops.v1.UpdateEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 40: liveops.v1.ListEventsRequest.status:type_name -> liveops.v1.EventStatus
+	1,  // 41: liveops.v1.ListEventsRequest.state:type_name -> liveops.v1.EventState
+	33, // 42: liveops.v1.ListEventsRequest.at:type_name -> google.protobuf.Timestamp
+	8,  // 43: liveops.v1.ListEventsResponse.events:type_name -> liveops.v1.Event
+	33, // 44: liveops.v1.ListEventsResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 45: liveops.v1.Revision.time:type_name -> google.protobuf.Timestamp
+	8,  // 46: liveops.v1.Revision.event:type_name -> liveops.v1.Event
+	19, // 47: liveops.v1.ListEventRevisionsResponse.revisions:type_name -> liveops.v1.Revision
+	33, // 48: liveops.v1.ListAuditLogRequest.since:type_name -> google.protobuf.Timestamp
+	19, // 49: liveops.v1.ListAuditLogResponse.revisions:type_name -> liveops.v1.Revision
+	8,  // 50: liveops.v1.RestoreEventResponse.event:type_name -> liveops.v1.Event
+	33, // 51: liveops.v1.RestoreEventResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 52: liveops.v1.PreviewPlayerViewRequest.at:type_name -> google.protobuf.Timestamp
+	33, // 53: liveops.v1.PreviewPlayerViewResponse.server_time:type_name -> google.protobuf.Timestamp
+	28, // 54: liveops.v1.PreviewPlayerViewResponse.shown:type_name -> liveops.v1.ShownEvent
+	29, // 55: liveops.v1.PreviewPlayerViewResponse.hidden:type_name -> liveops.v1.HiddenEvent
+	8,  // 56: liveops.v1.ShownEvent.event:type_name -> liveops.v1.Event
+	3,  // 57: liveops.v1.HiddenEvent.reason:type_name -> liveops.v1.HiddenReason
+	7,  // 58: liveops.v1.Event.LocalizationsEntry.value:type_name -> liveops.v1.Localization
+	7,  // 59: liveops.v1.CreateEventRequest.LocalizationsEntry.value:type_name -> liveops.v1.Localization
+	7,  // 60: liveops.v1.UpdateEventRequest.LocalizationsEntry.value:type_name -> liveops.v1.Localization
+	9,  // 61: liveops.v1.EventService.CreateEvent:input_type -> liveops.v1.CreateEventRequest
+	11, // 62: liveops.v1.EventService.GetEvent:input_type -> liveops.v1.GetEventRequest
+	13, // 63: liveops.v1.EventService.UpdateEvent:input_type -> liveops.v1.UpdateEventRequest
+	15, // 64: liveops.v1.EventService.DeleteEvent:input_type -> liveops.v1.DeleteEventRequest
+	17, // 65: liveops.v1.EventService.ListEvents:input_type -> liveops.v1.ListEventsRequest
+	20, // 66: liveops.v1.EventService.ListEventRevisions:input_type -> liveops.v1.ListEventRevisionsRequest
+	22, // 67: liveops.v1.EventService.ListAuditLog:input_type -> liveops.v1.ListAuditLogRequest
+	24, // 68: liveops.v1.EventService.RestoreEvent:input_type -> liveops.v1.RestoreEventRequest
+	26, // 69: liveops.v1.EventService.PreviewPlayerView:input_type -> liveops.v1.PreviewPlayerViewRequest
+	10, // 70: liveops.v1.EventService.CreateEvent:output_type -> liveops.v1.CreateEventResponse
+	12, // 71: liveops.v1.EventService.GetEvent:output_type -> liveops.v1.GetEventResponse
+	14, // 72: liveops.v1.EventService.UpdateEvent:output_type -> liveops.v1.UpdateEventResponse
+	16, // 73: liveops.v1.EventService.DeleteEvent:output_type -> liveops.v1.DeleteEventResponse
+	18, // 74: liveops.v1.EventService.ListEvents:output_type -> liveops.v1.ListEventsResponse
+	21, // 75: liveops.v1.EventService.ListEventRevisions:output_type -> liveops.v1.ListEventRevisionsResponse
+	23, // 76: liveops.v1.EventService.ListAuditLog:output_type -> liveops.v1.ListAuditLogResponse
+	25, // 77: liveops.v1.EventService.RestoreEvent:output_type -> liveops.v1.RestoreEventResponse
+	27, // 78: liveops.v1.EventService.PreviewPlayerView:output_type -> liveops.v1.PreviewPlayerViewResponse
+	70, // [70:79] is the sub-list for method output_type
+	61, // [61:70] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }
@@ -1949,8 +2824,8 @@ func file_events_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_events_proto_rawDesc), len(file_events_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   19,
+			NumEnums:      5,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	EventService_ListEventRevisions_FullMethodName = "/liveops.v1.EventService/ListEventRevisions"
 	EventService_ListAuditLog_FullMethodName       = "/liveops.v1.EventService/ListAuditLog"
 	EventService_RestoreEvent_FullMethodName       = "/liveops.v1.EventService/RestoreEvent"
+	EventService_PreviewPlayerView_FullMethodName  = "/liveops.v1.EventService/PreviewPlayerView"
 )
 
 // EventServiceClient is the client API for EventService service.
@@ -54,6 +55,9 @@ type EventServiceClient interface {
 	// RestoreEvent makes an event look as it did at a revision again, as a new revision;
 	// it brings a deleted event back under its old id.
 	RestoreEvent(ctx context.Context, in *RestoreEventRequest, opts ...grpc.CallOption) (*RestoreEventResponse, error)
+	// PreviewPlayerView shows what one player would be shown: the events GET /events would
+	// list for that player's context, and every other event with why it is not listed.
+	PreviewPlayerView(ctx context.Context, in *PreviewPlayerViewRequest, opts ...grpc.CallOption) (*PreviewPlayerViewResponse, error)
 }
 
 type eventServiceClient struct {
@@ -144,6 +148,16 @@ func (c *eventServiceClient) RestoreEvent(ctx context.Context, in *RestoreEventR
 	return out, nil
 }
 
+func (c *eventServiceClient) PreviewPlayerView(ctx context.Context, in *PreviewPlayerViewRequest, opts ...grpc.CallOption) (*PreviewPlayerViewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PreviewPlayerViewResponse)
+	err := c.cc.Invoke(ctx, EventService_PreviewPlayerView_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventServiceServer is the server API for EventService service.
 // All implementations must embed UnimplementedEventServiceServer
 // for forward compatibility.
@@ -163,6 +177,9 @@ type EventServiceServer interface {
 	// RestoreEvent makes an event look as it did at a revision again, as a new revision;
 	// it brings a deleted event back under its old id.
 	RestoreEvent(context.Context, *RestoreEventRequest) (*RestoreEventResponse, error)
+	// PreviewPlayerView shows what one player would be shown: the events GET /events would
+	// list for that player's context, and every other event with why it is not listed.
+	PreviewPlayerView(context.Context, *PreviewPlayerViewRequest) (*PreviewPlayerViewResponse, error)
 	mustEmbedUnimplementedEventServiceServer()
 }
 
@@ -196,6 +213,9 @@ func (UnimplementedEventServiceServer) ListAuditLog(context.Context, *ListAuditL
 }
 func (UnimplementedEventServiceServer) RestoreEvent(context.Context, *RestoreEventRequest) (*RestoreEventResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestoreEvent not implemented")
+}
+func (UnimplementedEventServiceServer) PreviewPlayerView(context.Context, *PreviewPlayerViewRequest) (*PreviewPlayerViewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PreviewPlayerView not implemented")
 }
 func (UnimplementedEventServiceServer) mustEmbedUnimplementedEventServiceServer() {}
 func (UnimplementedEventServiceServer) testEmbeddedByValue()                      {}
@@ -362,6 +382,24 @@ func _EventService_RestoreEvent_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventService_PreviewPlayerView_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreviewPlayerViewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).PreviewPlayerView(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_PreviewPlayerView_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).PreviewPlayerView(ctx, req.(*PreviewPlayerViewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventService_ServiceDesc is the grpc.ServiceDesc for EventService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -400,6 +438,10 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RestoreEvent",
 			Handler:    _EventService_RestoreEvent_Handler,
+		},
+		{
+			MethodName: "PreviewPlayerView",
+			Handler:    _EventService_PreviewPlayerView_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
