@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -413,4 +414,47 @@ func BenchmarkGetEventsTargeted(b *testing.B) {
 		}
 		run(b, events, []string{""})
 	})
+}
+
+// BenchmarkGetEventsTargetedService is BenchmarkGetEventsTargeted through the whole
+// service (switch, access log, key check, metrics), as BenchmarkGetEvents measures it.
+func BenchmarkGetEventsTargetedService(b *testing.B) {
+	st := newTestStore(b)
+	now := time.Now()
+	for _, e := range benchmarkEvents() {
+		e.ID, e.Start, e.End = newID(), now.Add(e.Start.Sub(t0)), now.Add(e.End.Sub(t0))
+		if err := e.validate(); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := st.CreateEvent(context.Background(), e, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+	key, _ := createTestKey(b, st, roleHTTPUser)
+	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc, err := newService(context.Background(), cfg, st, time.Now, newLogger("text", io.Discard))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var reqs []*http.Request
+	for _, q := range append(benchmarkContexts(10_000), "") {
+		r := httptest.NewRequest("GET", "/events?"+q, nil)
+		r.Header.Set("Authorization", "Bearer "+key)
+		reqs = append(reqs, r)
+	}
+	w := &discardResponse{header: http.Header{}}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		clear(w.header)
+		w.status = 0
+		svc.handler.ServeHTTP(w, reqs[i%len(reqs)])
+		if w.status != 0 && w.status != 200 {
+			b.Fatalf("status %d", w.status)
+		}
+		i++
+	}
 }
