@@ -137,6 +137,11 @@ type clientContext struct {
 	defaultLocale string
 }
 
+// declaresNothing reports whether c is the context of a player who declared nothing.
+func (c *clientContext) declaresNothing() bool {
+	return c.platform == "" && !c.hasVer && c.country == "" && len(c.langs) == 0 && c.playerID == "" && c.loc == nil
+}
+
 // verdict says why a client with context c is not in audience a: "audience" when it does
 // not match, "excluded" when its exclude does; "" when it is in.
 func (a *Audience) verdict(c *clientContext) string {

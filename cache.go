@@ -287,10 +287,10 @@ func newSelectionCache(maxEntries, maxBytes int) *selectionCache {
 	return &selectionCache{maxEntries: maxEntries, maxBytes: maxBytes, answers: map[string]*answer{}, warm: map[string]bool{}}
 }
 
-// get is answerCache.get for a selection key.
-func (c *selectionCache) get(key string, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
+// get is answerCache.get for a selection key, which it copies only to keep a new answer.
+func (c *selectionCache) get(key []byte, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
 	c.mu.RLock()
-	a := c.answers[key]
+	a := c.answers[string(key)]
 	c.mu.RUnlock()
 	if a.validAt(gen, now) {
 		if !a.reused.Load() {
@@ -306,19 +306,19 @@ func (c *selectionCache) get(key string, gen int64, now time.Time, build func() 
 	if c.swept != now.Unix() || c.sweptAt != gen {
 		c.sweep(gen, now)
 	}
-	if old, ok := c.answers[key]; ok {
+	if old, ok := c.answers[string(key)]; ok {
 		if old.validAt(gen, now) {
 			return old // another request made it meanwhile
 		}
 		c.bytes -= old.resp.size()
-		delete(c.answers, key)
+		delete(c.answers, string(key))
 	}
 	entries, bytes := c.maxEntries, c.maxBytes
-	if !c.warm[key] {
+	if !c.warm[string(key)] {
 		entries, bytes = entries/2, bytes/2
 	}
 	if len(c.answers) < entries && c.bytes+a.resp.size() <= bytes {
-		c.answers[key] = a
+		c.answers[string(key)] = a
 		c.bytes += a.resp.size()
 	}
 	return a

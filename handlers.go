@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -178,20 +179,30 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 			return
 		}
 		now := rm.now()
-		if c == nil {
-			a := answers.get(q.key(), snap.gen, now, func() ([]byte, []byte, time.Time) {
-				events, until := snap.playerEvents(now, q, nil)
+		if c == nil || c.declaresNothing() {
+			// Everyone who declares nothing gets one answer: it goes with the others'.
+			key := q.key()
+			if c != nil {
+				key += "|undeclared"
+			}
+			a := answers.get(key, snap.gen, now, func() ([]byte, []byte, time.Time) {
+				events, until := snap.playerEvents(now, q, c)
 				body, tagged := playerListBody(now, events, tg.defaultLocale)
 				return body, tagged, until
 			})
 			serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 			return
 		}
-		events, until := snap.playerEvents(now, q, c)
-		a := tg.selections.get(selectionKey(q, events, until), snap.gen, now, func() ([]byte, []byte, time.Time) {
+		buf := shownPool.Get().(*[]shown)
+		events, until, f := snap.targetedEvents(now, q, c, (*buf)[:0])
+		var key [256]byte
+		a := tg.selections.get(selectionKey(key[:0], f, q, events, until), snap.gen, now, func() ([]byte, []byte, time.Time) {
 			body, tagged := playerListBody(now, events, tg.defaultLocale)
 			return body, tagged, until
 		})
+		clear(events) // the pool must not keep entries alive
+		*buf = events[:0]
+		shownPool.Put(buf)
 		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})
 }
@@ -224,27 +235,28 @@ func hasAny(v url.Values, names []string) bool {
 	return false
 }
 
-// selectionKey names, in the answer cache, the answer of a player shown events (with
-// their views and locales) whose answer holds until until, asking q: every player shown
-// the same gets the same key.
-func selectionKey(q playerQuery, events []shown, until time.Time) string {
-	b := make([]byte, 0, 64+len(events)*48)
-	b = append(b, q.key()...)
-	b = append(b, '|')
-	b = strconv.AppendInt(b, until.UnixNano(), 36)
-	for _, s := range events {
-		b = append(b, '|')
-		b = append(b, s.e.ID...)
-		b = append(b, ',')
-		b = strconv.AppendInt(b, int64(s.v.occurrence), 36)
-		if s.e.TimeMode == timeModePlayerLocal {
-			b = append(b, ',')
-			b = strconv.AppendInt(b, s.v.start.Unix(), 36)
-		}
-		b = append(b, ',')
-		b = append(b, s.locale...)
+// selectionKey appends to b the name, in the selection cache, of the answer of a player
+// asking q who is shown events (by their place in frame f, with their locales and, for
+// player-local ones, their times) until until: every player shown the same gets the same
+// key. A frame's places mean nothing in another's, so the key starts with the frame's.
+func selectionKey(b []byte, f *frame, q playerQuery, events []shown, until time.Time) []byte {
+	b = binary.LittleEndian.AppendUint64(b, f.seq)
+	if !q.isDefault() {
+		b = append(b, q.key()...)
 	}
-	return string(b)
+	local := false
+	for _, s := range events {
+		b = append(b, '|', byte(s.pos), byte(s.pos>>8))
+		b = append(b, s.locale...)
+		if s.e.TimeMode == timeModePlayerLocal {
+			b = binary.LittleEndian.AppendUint64(b, uint64(s.v.start.Unix()))
+			local = true
+		}
+	}
+	if local {
+		b = binary.LittleEndian.AppendUint64(b, uint64(until.Unix()))
+	}
+	return b
 }
 
 // playerAnswer is the body GET /events answers with events at t.
@@ -402,7 +414,7 @@ func handleMethodNotAllowed(allow string) http.Handler {
 // parameter the route does not take, so that a misspelt filter is not silently ignored.
 func onlyParams(allowed []string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.RawQuery != "" {
+		if r.URL.RawQuery != "" && !onlyKnownParams(r.URL.RawQuery, allowed) {
 			v, err := url.ParseQuery(r.URL.RawQuery)
 			if err != nil {
 				writeError(w, r, &fieldError{"query", "is malformed: " + err.Error()})
@@ -425,6 +437,27 @@ func onlyParams(allowed []string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// onlyKnownParams reports, without allocating, that a query string free of escapes and
+// semicolons names only allowed parameters; false sends it to the full parse, which
+// reports what is wrong with it.
+func onlyKnownParams(raw string, allowed []string) bool {
+	if strings.ContainsAny(raw, "%;+") {
+		return false
+	}
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if pair == "" {
+			continue
+		}
+		name, _, _ := strings.Cut(pair, "=")
+		if !slices.Contains(allowed, name) {
+			return false
+		}
+	}
+	return true
 }
 
 // retryAfterSeconds rounds a wait up to whole seconds, as Retry-After counts it and as the

@@ -28,6 +28,9 @@ const (
 // (language[-script][-region][-variant...]) and returns it in its canonical case: "pt-BR",
 // "zh-Hant-TW", "sr-Latn". '_' is read as '-', as Android and Java write locales.
 func normalizeLocale(tag string) (string, error) {
+	if isCanonicalLocale(tag) {
+		return tag, nil // what clients send most: no copy
+	}
 	if tag == "" || len(tag) > maxLocaleLen {
 		return "", fmt.Errorf("locale %q must be a BCP 47 tag of 2 to %d characters such as fr or pt-BR", tag, maxLocaleLen)
 	}
@@ -50,6 +53,19 @@ func normalizeLocale(tag string) (string, error) {
 		}
 	}
 	return strings.Join(parts, "-"), nil
+}
+
+// isCanonicalLocale reports whether tag is already a normalised language or
+// language-REGION tag, such as "fr" or "pt-BR".
+func isCanonicalLocale(tag string) bool {
+	lang, region, hasRegion := strings.Cut(tag, "-")
+	if !isLanguageSubtag(lang) {
+		return false
+	}
+	if !hasRegion {
+		return true
+	}
+	return len(region) == 2 && 'A' <= region[0] && region[0] <= 'Z' && 'A' <= region[1] && region[1] <= 'Z'
 }
 
 func isAlpha(s string) bool {
@@ -157,6 +173,9 @@ func chooseLocale(locales map[string]Localization, langs []string, defaultLocale
 // first. Malformed entries and "*" are skipped, not refused: browsers and engines send
 // this header unasked. At most maxClientLangs are kept.
 func parseAcceptLanguage(values []string) []string {
+	if len(values) == 1 && isCanonicalLocale(values[0]) {
+		return []string{values[0]} // one plain tag, as the language parameter usually is
+	}
 	type weighted struct {
 		tag string
 		q   float64

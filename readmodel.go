@@ -109,7 +109,7 @@ func (rm *readModel) catchUp(ctx context.Context, cur *snapshot) (err error) {
 		next = next.with(c.lastGen, c.event, c.id)
 	}
 	if next.gen != gen {
-		next = &snapshot{zones: next.zones, gen: gen, builtAt: next.builtAt, ordered: next.ordered, byID: next.byID, open: next.open, targeted: next.targeted}
+		next = &snapshot{zones: next.zones, gen: gen, builtAt: next.builtAt, ordered: next.ordered, byID: next.byID, open: next.open, targeted: next.targeted, frames: new(frameSlot)}
 	}
 	rm.snap.Store(next)
 	now := rm.now()
@@ -212,9 +212,11 @@ type snapshot struct {
 	// targeted is set when open may hold a targeted event: players' answers may then
 	// differ by their context. (A delete does not clear it; a prune does.)
 	targeted bool
-	builtAt  time.Time // when open was last pruned of ended events
-	ordered  seq       // every event in list order: priority (highest first), start time, id
-	byID     seq       // every event, ordered by id
+	// frames holds the latest frame (see frameAt), made on demand.
+	frames  *frameSlot
+	builtAt time.Time // when open was last pruned of ended events
+	ordered seq       // every event in list order: priority (highest first), start time, id
+	byID    seq       // every event, ordered by id
 	// open holds the published events that had not ended at builtAt, ordered by when
 	// players may first see them: the only ones players can see now or later, so working out
 	// what they see costs nothing for events that ended before, however many there are.
@@ -256,7 +258,7 @@ func newSnapshot(gen int64, events []Event, now time.Time, z *zones) *snapshot {
 		}
 	}
 	slices.SortFunc(open, openOrder)
-	return &snapshot{zones: z, gen: gen, builtAt: now, ordered: newSeq(ordered), byID: newSeq(byID), open: newSeq(open),
+	return &snapshot{zones: z, gen: gen, builtAt: now, ordered: newSeq(ordered), byID: newSeq(byID), open: newSeq(open), frames: new(frameSlot),
 		targeted: slices.ContainsFunc(open, func(e *entry) bool { return e.targeted })}
 }
 
@@ -275,7 +277,7 @@ func (s *snapshot) with(gen int64, e *Event, deletedID string) *snapshot {
 	if added != nil && isOpen(added, s.builtAt) {
 		addedOpen = added
 	}
-	return &snapshot{zones: s.zones, gen: gen, builtAt: s.builtAt, targeted: s.targeted || addedOpen != nil && addedOpen.targeted,
+	return &snapshot{zones: s.zones, gen: gen, builtAt: s.builtAt, targeted: s.targeted || addedOpen != nil && addedOpen.targeted, frames: new(frameSlot),
 		ordered: s.ordered.with(old, added, listOrder),
 		byID:    s.byID.with(old, added, byIDOnly),
 		open:    s.open.with(old, addedOpen, openOrder),
@@ -288,6 +290,7 @@ func (s *snapshot) pruned(now time.Time) *snapshot {
 	next := *s
 	next.builtAt = now
 	next.open = s.open.filter(func(e *entry) bool { return e.end.After(now) })
+	next.frames = new(frameSlot)
 	next.targeted = false
 	for e := range next.open.all() {
 		if e.targeted {
@@ -366,6 +369,7 @@ type shown struct {
 	e      *entry
 	v      view
 	locale string
+	pos    int // its place in the frame it was picked from (see targetedEvents)
 }
 
 // hiddenEvent is an event a player is not shown, and why: "audience", "excluded",
@@ -452,6 +456,79 @@ func (s *snapshot) playerEvents(t time.Time, q playerQuery, c *clientContext) ([
 	}
 	sortShown(out)
 	return out, until
+}
+
+// frame is what every targeted player's answer at an instant is made from: the events
+// that may be shown then, in list order, with their views for a player in UTC, worked out
+// once for all players. It holds from from until until: no view in it changes before.
+type frame struct {
+	seq         uint64 // tells frames apart, in answer keys
+	gen         int64
+	from, until time.Time
+	items       []shown
+}
+
+type frameSlot struct{ p atomic.Pointer[frame] }
+
+var frameSeq atomic.Uint64
+
+// frameAt returns the frame holding at t, making it when the last one made does not.
+func (s *snapshot) frameAt(t time.Time) *frame {
+	if f := s.frames.p.Load(); f != nil && f.gen == s.gen && !t.Before(f.from) && t.Before(f.until) {
+		return f
+	}
+	f := &frame{seq: frameSeq.Add(1), gen: s.gen, from: t, until: forever}
+	for e := range s.open.all() {
+		if e.firstSeen.After(t) {
+			f.until = minTime(f.until, e.firstSeen) // open is in firstSeen order
+			break
+		}
+		v := e.viewAt(t)
+		f.until = minTime(f.until, v.until)
+		// A player-local event's view is worked out per player; the others can be listed
+		// to no one unless listed in UTC.
+		if v.listed || e.TimeMode == timeModePlayerLocal {
+			f.items = append(f.items, shown{e: e, v: v})
+		}
+	}
+	sortShown(f.items)
+	s.frames.p.Store(f)
+	return f
+}
+
+// shownPool holds the lists targeted answers are worked out in.
+var shownPool = sync.Pool{New: func() any { s := make([]shown, 0, 64); return &s }}
+
+// targetedEvents is playerEvents for a player with context c at t (not in the past), made
+// from the frame at t: only the player's audience, rollout, locale and, for player-local
+// events, times are worked out per request. It appends to out (see shownPool) and returns
+// the frame too, which names the answer (see selectionKey).
+func (s *snapshot) targetedEvents(t time.Time, q playerQuery, c *clientContext, out []shown) ([]shown, time.Time, *frame) {
+	f := s.frameAt(t)
+	until, local := f.until, false
+	for i, it := range f.items {
+		e := it.e
+		if e.Audience != nil && e.Audience.verdict(c) != "" || !inRollout(e.ID, c.playerID, e.RolloutPercent) {
+			continue
+		}
+		v := it.v
+		if e.TimeMode == timeModePlayerLocal {
+			v = e.viewFor(t, c.loc)
+			until, local = minTime(until, v.until), true
+		}
+		if !q.matches(e.Labels, v) {
+			continue
+		}
+		sh := shown{e: e, v: v, pos: i}
+		if len(e.Localizations) > 0 {
+			sh.locale = chooseLocale(e.Localizations, c.langs, c.defaultLocale)
+		}
+		out = append(out, sh)
+	}
+	if local {
+		sortShown(out)
+	}
+	return out, until, f
 }
 
 // playerView is what a player with context c asking q sees at t, as playerEvents says, and

@@ -328,8 +328,8 @@ func TestRandomContextFloodKeepsSharedAnswers(t *testing.T) {
 		t.Fatalf("the cache holds %d answers, %d bytes; bounds %d, %d", len(cached), size, entries, bytes)
 	}
 	q := playerQuery{}
-	shownNow, until := rm.snapshot().playerEvents(c.now(), q, &clientContext{playerID: "regular-player"})
-	if _, ok := cached[selectionKey(q, shownNow, until)]; !ok {
+	shownNow, until, f := rm.snapshot().targetedEvents(c.now(), q, &clientContext{playerID: "regular-player", defaultLocale: "en"}, nil)
+	if _, ok := cached[string(selectionKey(nil, f, q, shownNow, until))]; !ok {
 		t.Errorf("the regular player's answer was pushed out by the flood (%d answers cached)", len(cached))
 	}
 	if _, got := ask(t, h, "/events", regular, nil); shownTitles(got) != shownTitles(want) {
