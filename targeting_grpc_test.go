@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -262,5 +263,106 @@ func TestPreviewPlayerViewAnswers(t *testing.T) {
 	_, err := ts.events.PreviewPlayerView(withKey(ts.admin), &eventspb.PreviewPlayerViewRequest{At: &timestamppb.Timestamp{Seconds: -1 << 40}})
 	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), "at: ") {
 		t.Fatalf("PreviewPlayerView with a bad at = %v", err)
+	}
+}
+
+// TestPreviewPlayerViewSaysWhy creates one event for each reason a player is not shown
+// one, over gRPC, and checks that PreviewPlayerView shows what GET /events does for that
+// player, byte for byte, and gives each hidden event its reason.
+func TestPreviewPlayerViewSaysWhy(t *testing.T) {
+	ts := startServer(t)
+	admin := withKey(ts.admin)
+	now := time.Now().Truncate(time.Second)
+	create := func(title string, change func(r *eventspb.CreateEventRequest)) string {
+		t.Helper()
+		r := createReq(title, now.Add(-time.Hour), now.Add(time.Hour), "")
+		change(r)
+		resp, err := ts.events.CreateEvent(admin, r)
+		if err != nil {
+			t.Fatalf("%s: %v", title, err)
+		}
+		return resp.GetEvent().GetId()
+	}
+	// The player: an ios client in France, version 2.1, reading French, player p-7.
+	const player = "p-7"
+	rolloutOut := create("rollout", func(r *eventspb.CreateEventRequest) { r.RolloutPercent = 1 })
+	for i := 0; ; i++ { // a 1% event this player is out of
+		if !inRollout(rolloutOut, player, 1) {
+			break
+		}
+		if i > 20 {
+			t.Fatal("player p-7 is in every 1% rollout")
+		}
+		ts.events.DeleteEvent(admin, &eventspb.DeleteEventRequest{Id: rolloutOut})
+		rolloutOut = create("rollout", func(r *eventspb.CreateEventRequest) { r.RolloutPercent = 1 })
+	}
+	want := map[string]eventspb.HiddenReason{
+		create("android only", func(r *eventspb.CreateEventRequest) { r.Audience = &eventspb.Audience{Platforms: []string{"android"}} }): eventspb.HiddenReason_HIDDEN_REASON_AUDIENCE,
+		create("not in France", func(r *eventspb.CreateEventRequest) {
+			r.Audience = &eventspb.Audience{Exclude: &eventspb.Audience{Countries: []string{"FR"}}}
+		}): eventspb.HiddenReason_HIDDEN_REASON_EXCLUDED,
+		rolloutOut: eventspb.HiddenReason_HIDDEN_REASON_ROLLOUT,
+		create("draft", func(r *eventspb.CreateEventRequest) { r.State = eventspb.EventState_EVENT_STATE_DRAFT }): eventspb.HiddenReason_HIDDEN_REASON_DRAFT,
+		create("next week", func(r *eventspb.CreateEventRequest) {
+			r.StartTime, r.EndTime = timestamppb.New(now.Add(7*24*time.Hour)), timestamppb.New(now.Add(8*24*time.Hour))
+		}): eventspb.HiddenReason_HIDDEN_REASON_NOT_YET_PREVIEWED,
+		create("previewed", func(r *eventspb.CreateEventRequest) {
+			r.StartTime, r.EndTime = timestamppb.New(now.Add(time.Hour)), timestamppb.New(now.Add(2*time.Hour))
+			r.PreviewTime = timestamppb.New(now.Add(-time.Hour))
+		}): eventspb.HiddenReason_HIDDEN_REASON_NOT_REQUESTED, // GET /events lists active ones only by default
+	}
+	shownIDs := []string{
+		create("for ios in France", func(r *eventspb.CreateEventRequest) {
+			r.Audience = &eventspb.Audience{Platforms: []string{"ios"}, Countries: []string{"FR"}, MinVersion: "2.0"}
+			r.Localizations = map[string]*eventspb.Localization{"fr": {Title: "Pour iOS en France"}}
+		}),
+		create("everyone", func(r *eventspb.CreateEventRequest) {}),
+	}
+
+	query := "platform=ios&country=FR&client_version=2.1.0&language=fr&player_id=" + player
+	var body []byte
+	var shownNow []string
+	waitFor(t, func() bool { // the server applies each write before answering it; this is for safety
+		code, _, b := ts.get(t, "/events?"+query, ts.user)
+		if code != 200 {
+			t.Fatalf("GET /events: %d %s", code, b)
+		}
+		var got playerAnswerJSON
+		json.Unmarshal(b, &got)
+		shownNow = nil
+		for _, e := range got.Events {
+			shownNow = append(shownNow, e.ID)
+		}
+		body = b
+		return len(shownNow) == len(shownIDs)
+	})
+	preview, err := ts.events.PreviewPlayerView(admin, &eventspb.PreviewPlayerViewRequest{
+		Platform: "ios", Country: "FR", ClientVersion: "2.1.0", Language: "fr", PlayerId: player})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var previewed []string
+	for _, s := range preview.GetShown() {
+		previewed = append(previewed, s.GetEvent().GetId())
+		if s.GetEvent().GetId() == shownIDs[0] && (s.GetLocale() != "fr" || s.GetTitle() != "Pour iOS en France") {
+			t.Errorf("the localized event is previewed in %q as %q", s.GetLocale(), s.GetTitle())
+		}
+	}
+	if !slices.Equal(previewed, shownNow) {
+		t.Errorf("previewed %v, GET /events shows %v", previewed, shownNow)
+	}
+	// The same bytes but for server_time, which may be a second apart.
+	cut := func(b string) string { _, rest, _ := strings.Cut(b, `","events":`); return rest }
+	if cut(preview.GetBody()) != cut(string(body)) {
+		t.Errorf("preview body\n%s\nGET /events body\n%s", preview.GetBody(), body)
+	}
+	got := map[string]eventspb.HiddenReason{}
+	for _, h := range preview.GetHidden() {
+		got[h.GetEventId()] = h.GetReason()
+	}
+	for id, reason := range want {
+		if got[id] != reason {
+			t.Errorf("event %s hidden for %v, want %v", id, got[id], reason)
+		}
 	}
 }
