@@ -277,6 +277,7 @@ type selectionCache struct {
 
 	mu      sync.RWMutex
 	answers map[string]*answer
+	sizes   map[string]int // the bytes each answer is counted for
 	bytes   int
 	swept   int64 // the second (Unix) of the last sweep
 	sweptAt int64 // and the generation
@@ -284,23 +285,40 @@ type selectionCache struct {
 }
 
 func newSelectionCache(maxEntries, maxBytes int) *selectionCache {
-	return &selectionCache{maxEntries: maxEntries, maxBytes: maxBytes, answers: map[string]*answer{}, warm: map[string]bool{}}
+	return &selectionCache{maxEntries: maxEntries, maxBytes: maxBytes, answers: map[string]*answer{}, sizes: map[string]int{}, warm: map[string]bool{}}
 }
 
 // get is answerCache.get for a selection key, which it copies only to keep a new answer.
 func (c *selectionCache) get(key []byte, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
-	c.mu.RLock()
-	a := c.answers[string(key)]
-	c.mu.RUnlock()
-	if a.validAt(gen, now) {
-		if !a.reused.Load() {
-			a.reused.Store(true)
-		}
+	if a := c.lookup(key, gen, now); a != nil {
 		return a
 	}
 	body, tagged, until := build()
-	a = &answer{gen: gen, second: now.Unix(), until: until, resp: newCachedResponse(body, tagged)}
+	return c.put(key, &answer{gen: gen, second: now.Unix(), until: until, resp: newCachedResponse(body, tagged)}, gen, now, true)
+}
 
+// lookup returns the answer kept under key, if it is valid at now in generation gen.
+func (c *selectionCache) lookup(key []byte, gen int64, now time.Time) *answer {
+	c.mu.RLock()
+	a := c.answers[string(key)]
+	c.mu.RUnlock()
+	if !a.validAt(gen, now) {
+		return nil
+	}
+	if !a.reused.Load() {
+		a.reused.Store(true)
+	}
+	return a
+}
+
+// put keeps a under key if it fits, counting its bytes when owned (an index of answers
+// kept elsewhere counts only entries), and returns the answer kept under key: a, or one
+// another request put meanwhile.
+func (c *selectionCache) put(key []byte, a *answer, gen int64, now time.Time, owned bool) *answer {
+	size := 0
+	if owned {
+		size = a.resp.size()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.swept != now.Unix() || c.sweptAt != gen {
@@ -310,16 +328,18 @@ func (c *selectionCache) get(key []byte, gen int64, now time.Time, build func() 
 		if old.validAt(gen, now) {
 			return old // another request made it meanwhile
 		}
-		c.bytes -= old.resp.size()
+		c.bytes -= c.sizes[string(key)]
 		delete(c.answers, string(key))
+		delete(c.sizes, string(key))
 	}
 	entries, bytes := c.maxEntries, c.maxBytes
 	if !c.warm[string(key)] {
 		entries, bytes = entries/2, bytes/2
 	}
-	if len(c.answers) < entries && c.bytes+a.resp.size() <= bytes {
+	if len(c.answers) < entries && c.bytes+size <= bytes {
 		c.answers[string(key)] = a
-		c.bytes += a.resp.size()
+		c.sizes[string(key)] = size
+		c.bytes += size
 	}
 	return a
 }
@@ -335,8 +355,9 @@ func (c *selectionCache) sweep(gen int64, now time.Time) {
 			c.warm[k] = true
 		}
 		if !a.validAt(gen, now) {
-			c.bytes -= a.resp.size()
+			c.bytes -= c.sizes[k]
 			delete(c.answers, k)
+			delete(c.sizes, k)
 		}
 	}
 	c.swept, c.sweptAt = now.Unix(), gen

@@ -21,8 +21,26 @@ var contextParams = []string{"platform", "client_version", "country", "language"
 type targeting struct {
 	defaultLocale string
 	countryHeader string // canonical header name; "" to trust none
-	// selections holds targeted players' answers.
-	selections *selectionCache
+	// selections holds targeted players' answers, and contexts which one each request
+	// asking exactly the same (query string and the headers read) got, so that it is
+	// found again without reading the context or working out the selection.
+	selections, contexts *selectionCache
+}
+
+// contextKey appends to b what a targeted answer to r can depend on besides the events:
+// its query string and the headers read. A request with the same key gets the same answer
+// while that answer holds.
+func (tg targeting) contextKey(b []byte, r *http.Request) []byte {
+	b = append(b, r.URL.RawQuery...)
+	for _, v := range r.Header["Accept-Language"] {
+		b = append(b, 0)
+		b = append(b, v...)
+	}
+	if tg.countryHeader != "" {
+		b = append(b, 1)
+		b = append(b, r.Header.Get(tg.countryHeader)...)
+	}
+	return b
 }
 
 // clientContextFrom reads a player's context from a request's query values v and headers

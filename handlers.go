@@ -155,6 +155,18 @@ func playerEventBody(t time.Time, sh shown, defaultLocale string) (body, eventJS
 // are.
 func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		snap := rm.snapshot()
+		if snap.targeted {
+			// Asked exactly this before, while its answer holds: that answer, found without
+			// reading the query or the context again (only answers to valid ones are kept).
+			var ck [512]byte
+			now := rm.now()
+			if a := tg.contexts.lookup(tg.contextKey(ck[:0], r), snap.gen, now); a != nil {
+				tg.vary(w, hasParam(r.URL.RawQuery, "language"))
+				serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
+				return
+			}
+		}
 		var v url.Values
 		var q playerQuery
 		var at time.Time
@@ -166,7 +178,6 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 				return
 			}
 		}
-		snap := rm.snapshot()
 		c, err := tg.contextFor(w, r, v, snap.targeted, rm.zones)
 		if err != nil {
 			writeError(w, r, err)
@@ -203,6 +214,8 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 		clear(events) // the pool must not keep entries alive
 		*buf = events[:0]
 		shownPool.Put(buf)
+		var ck [512]byte
+		tg.contexts.put(tg.contextKey(ck[:0], r), a, snap.gen, now, false)
 		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})
 }
@@ -215,15 +228,30 @@ func (tg targeting) contextFor(w http.ResponseWriter, r *http.Request, v url.Val
 	if !targeted && !hasAny(v, contextParams) {
 		return nil, nil
 	}
-	c, vary, err := tg.clientContextFrom(v, r.Header, z)
+	c, _, err := tg.clientContextFrom(v, r.Header, z)
 	if err != nil || !targeted {
 		return nil, err
 	}
-	if len(vary) > 0 {
-		h := w.Header()
-		h["Vary"] = append(h["Vary"], vary...)
-	}
+	_, hasLanguage := v["language"]
+	tg.vary(w, hasLanguage)
 	return &c, nil
+}
+
+// The Vary values a targeted answer needs: the headers its context may be read from.
+var (
+	varyLanguage = []string{"Accept-Language"}
+)
+
+// vary adds to w's Vary the request headers a targeted answer depends on: Accept-Language
+// when the query string gives no language, and the trusted country header.
+func (tg targeting) vary(w http.ResponseWriter, hasLanguage bool) {
+	h := w.Header()
+	if !hasLanguage {
+		h["Vary"] = append(h["Vary"], varyLanguage...)
+	}
+	if tg.countryHeader != "" {
+		h["Vary"] = append(h["Vary"], tg.countryHeader)
+	}
 }
 
 func hasAny(v url.Values, names []string) bool {
@@ -437,6 +465,23 @@ func onlyParams(allowed []string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// hasParam reports whether the query string raw has a parameter called name.
+func hasParam(raw, name string) bool {
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if key, _, _ := strings.Cut(pair, "="); key == name {
+			return true
+		}
+		if strings.ContainsAny(pair, "%+") {
+			if v, err := url.ParseQuery(pair); err == nil && v.Has(name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // onlyKnownParams reports, without allocating, that a query string free of escapes and
