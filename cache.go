@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,9 @@ type answer struct {
 	resp   *cachedResponse
 	// reused is set when a request other than the one that made it was answered with it.
 	reused atomic.Bool
+	// shown is what a targeted answer lists, kept to make the next second's answer from
+	// (see selectionCache.current); nil for others.
+	shown []shown
 }
 
 func (a *answer) validAt(gen int64, now time.Time) bool {
@@ -289,12 +293,72 @@ func newSelectionCache(maxEntries, maxBytes int) *selectionCache {
 }
 
 // get is answerCache.get for a selection key, which it copies only to keep a new answer.
-func (c *selectionCache) get(key []byte, gen int64, now time.Time, build func() (body, tagged []byte, until time.Time)) *answer {
+// The answer keeps a copy of shown, what it lists.
+func (c *selectionCache) get(key []byte, gen int64, now time.Time, shown []shown, build func() (body, tagged []byte, until time.Time)) *answer {
 	if a := c.lookup(key, gen, now); a != nil {
 		return a
 	}
 	body, tagged, until := build()
-	return c.put(key, &answer{gen: gen, second: now.Unix(), until: until, resp: newCachedResponse(body, tagged)}, gen, now, true)
+	return c.put(key, &answer{gen: gen, second: now.Unix(), until: until, resp: newCachedResponse(body, tagged),
+		shown: slices.Clone(shown)}, gen, now, true)
+}
+
+// current returns the answer kept under key valid at now: the one kept, or, when that
+// is of a past second but its events still hold, one made from them for this second.
+// It returns nil when there is none of this generation that still holds.
+func (c *selectionCache) current(key string, gen int64, now time.Time, defaultLocale string) *answer {
+	c.mu.RLock()
+	a := c.answers[key]
+	c.mu.RUnlock()
+	switch {
+	case a.validAt(gen, now):
+		if !a.reused.Load() {
+			a.reused.Store(true)
+		}
+		return a
+	case a == nil || a.shown == nil || a.gen != gen || !now.Before(a.until):
+		return nil
+	}
+	body, tagged := playerListBody(now, a.shown, defaultLocale)
+	next := &answer{gen: gen, second: now.Unix(), until: a.until, resp: newCachedResponse(body, tagged), shown: a.shown}
+	next.reused.Store(true) // asked for again, across seconds: warm
+	return c.put([]byte(key), next, gen, now, true)
+}
+
+// contextIndex remembers, for what a targeted request asked (see targeting.contextKey),
+// the selection its player was shown and in which frame: asked again while that frame
+// holds, the same selection is the answer, without reading the context again. It is
+// bounded: when full, it starts over.
+type contextIndex struct {
+	max int
+	mu  sync.RWMutex
+	m   map[string]indexedContext
+}
+
+type indexedContext struct {
+	gen       int64
+	frame     uint64
+	selection string
+}
+
+func newContextIndex(max int) *contextIndex {
+	return &contextIndex{max: max, m: map[string]indexedContext{}}
+}
+
+func (x *contextIndex) get(key []byte) (indexedContext, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	ic, ok := x.m[string(key)]
+	return ic, ok
+}
+
+func (x *contextIndex) put(key []byte, ic indexedContext) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if len(x.m) >= x.max {
+		x.m = make(map[string]indexedContext, x.max)
+	}
+	x.m[string(key)] = ic
 }
 
 // lookup returns the answer kept under key, if it is valid at now in generation gen.

@@ -24,7 +24,8 @@ type targeting struct {
 	// selections holds targeted players' answers, and contexts which one each request
 	// asking exactly the same (query string and the headers read) got, so that it is
 	// found again without reading the context or working out the selection.
-	selections, contexts *selectionCache
+	selections *selectionCache
+	contexts   *contextIndex
 }
 
 // contextKey appends to b what a targeted answer to r can depend on besides the events:

@@ -156,15 +156,20 @@ func playerEventBody(t time.Time, sh shown, defaultLocale string) (body, eventJS
 func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTravel bool, sharedMaxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		snap := rm.snapshot()
+		var ck [512]byte
+		var ctxKey []byte
+		var f *frame
 		if snap.targeted {
-			// Asked exactly this before, while its answer holds: that answer, found without
-			// reading the query or the context again (only answers to valid ones are kept).
-			var ck [512]byte
+			// Asked exactly this before, in this frame: the same selection, found without
+			// reading the query or the context again (only valid requests are indexed).
 			now := rm.now()
-			if a := tg.contexts.lookup(tg.contextKey(ck[:0], r), snap.gen, now); a != nil {
-				tg.vary(w, hasParam(r.URL.RawQuery, "language"))
-				serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
-				return
+			f, ctxKey = snap.frameAt(now), tg.contextKey(ck[:0], r)
+			if ic, ok := tg.contexts.get(ctxKey); ok && ic.gen == snap.gen && ic.frame == f.seq {
+				if a := tg.selections.current(ic.selection, snap.gen, now, tg.defaultLocale); a != nil {
+					tg.vary(w, hasParam(r.URL.RawQuery, "language"))
+					serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
+					return
+				}
 			}
 		}
 		var v url.Values
@@ -207,15 +212,17 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 		buf := shownPool.Get().(*[]shown)
 		events, until, f := snap.targetedEvents(now, q, c, (*buf)[:0])
 		var key [256]byte
-		a := tg.selections.get(selectionKey(key[:0], f, q, events, until), snap.gen, now, func() ([]byte, []byte, time.Time) {
+		sel := selectionKey(key[:0], f, q, events, until)
+		a := tg.selections.get(sel, snap.gen, now, events, func() ([]byte, []byte, time.Time) {
 			body, tagged := playerListBody(now, events, tg.defaultLocale)
 			return body, tagged, until
 		})
 		clear(events) // the pool must not keep entries alive
 		*buf = events[:0]
 		shownPool.Put(buf)
-		var ck [512]byte
-		tg.contexts.put(tg.contextKey(ck[:0], r), a, snap.gen, now, false)
+		if ctxKey != nil {
+			tg.contexts.put(ctxKey, indexedContext{gen: snap.gen, frame: f.seq, selection: string(sel)})
+		}
 		serveCached(w, r, a.resp, a.until.Sub(now), sharedMaxAge)
 	})
 }

@@ -201,7 +201,7 @@ func newService(ctx context.Context, cfg config, st *store, now func() time.Time
 	addRoutes(mux, g, st, rm, ready, newAnswerCache(maxCachedAnswers, maxCachedAnswerBytes), reqs, metrics,
 		targeting{defaultLocale: cfg.defaultLocale, countryHeader: cfg.countryHeader,
 			selections: newSelectionCache(maxCachedSelections, maxCachedSelectionBytes),
-			contexts:   newSelectionCache(maxCachedContexts, 0)}, cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
+			contexts:   newContextIndex(maxCachedContexts)}, cfg.allowTimeTravel, cfg.sharedCacheMaxAge, cors{cfg.corsOrigins})
 	// Last, once nothing else can fail: the provider runs an exporter until shut down.
 	tp, err := newTracerProvider(ctx, cfg.tracing, log)
 	if err != nil {
@@ -229,7 +229,7 @@ const (
 	maxCachedSelections     = 4096
 	maxCachedSelectionBytes = 64 << 20
 	// Requests asking the same as one before (the same query string and headers) find
-	// its answer in an index of this many: a game's players polling every few seconds.
+	// their selection in an index of this many, a few hundred bytes each.
 	maxCachedContexts = 32768
 )
 

@@ -37,7 +37,7 @@ func readModelOf(t testing.TB, c *clock, events ...Event) *readModel {
 
 // targetedHandler is GET /events and GET /events/{id} over rm, as addRoutes mounts them.
 func targetedHandler(rm *readModel, answers *answerCache, selections *selectionCache) http.Handler {
-	tg := targeting{defaultLocale: "en", selections: selections, contexts: newSelectionCache(selections.maxEntries, 0)}
+	tg := targeting{defaultLocale: "en", selections: selections, contexts: newContextIndex(1024)}
 	mux := http.NewServeMux()
 	mux.Handle("GET /events", onlyParams(append([]string{"status", "label", "at"}, contextParams...), handleEvents(rm, answers, tg, true, 0)))
 	mux.Handle("GET /events/{id}", onlyParams(append([]string{"at"}, contextParams...), handleEvent(rm, answers, tg, true, 0)))
