@@ -458,3 +458,41 @@ func BenchmarkGetEventsTargetedService(b *testing.B) {
 		i++
 	}
 }
+
+func TestTrustedCountryHeader(t *testing.T) {
+	c := newClock(t0)
+	rm := readModelOf(t, c,
+		Event{Title: "france", Start: t0.Add(-time.Hour), End: t0.Add(time.Hour), Audience: &Audience{Countries: []string{"FR"}}})
+	mux := http.NewServeMux()
+	tg := targeting{defaultLocale: "en", countryHeader: "Cf-Ipcountry", selections: newSelectionCache(64, 1<<20), contexts: newContextIndex(64)}
+	mux.Handle("GET /events", onlyParams(append([]string{"status", "label", "at"}, contextParams...),
+		handleEvents(rm, newAnswerCache(64, 1<<20), tg, false, 0)))
+	tests := []struct {
+		query, header string
+		want          string
+	}{
+		{"", "FR", "france"},
+		{"country=DE", "FR", "france"}, // the front's word wins over the client's claim
+		{"country=FR", "DE", ""},
+		{"country=FR", "XX", "france"}, // the front does not know: the client's claim stands
+		{"", "", ""},
+	}
+	for _, tc := range tests {
+		h := http.Header{}
+		if tc.header != "" {
+			h.Set("CF-IPCountry", tc.header)
+		}
+		resp, body := ask(t, mux, "/events", tc.query, h)
+		if got := shownTitles(body); got != tc.want {
+			t.Errorf("%q with CF-IPCountry %q: shown %q, want %q", tc.query, tc.header, got, tc.want)
+		}
+		if vary := strings.Join(resp.Header.Values("Vary"), ","); !strings.Contains(vary, "Cf-Ipcountry") {
+			t.Errorf("Vary %q does not name the country header", vary)
+		}
+	}
+	// Without the flag, the header is anyone's to send: it is ignored.
+	h := targetedHandler(rm, newAnswerCache(64, 1<<20), newSelectionCache(64, 1<<20))
+	if _, body := ask(t, h, "/events", "", http.Header{"Cf-Ipcountry": {"FR"}}); shownTitles(body) != "" {
+		t.Errorf("an untrusted country header was believed")
+	}
+}
