@@ -408,20 +408,7 @@ func startHAProxy(t *testing.T, haproxy string, instances []*process) string {
 	ln.Close()
 	cmd := exec.Command(haproxy, "-db", "-f", cfg)
 	cmd.Env = []string{"LIVEOPS_FRONT_ADDR=" + front}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = lockedWriter{&sync.Mutex{}, &out}, lockedWriter{&sync.Mutex{}, &out}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("haproxy output:\n%s", out.String())
-		}
-	})
+	hp := startTool(t, "haproxy", cmd)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if resp, err := http.Get("http://" + front + "/readyz"); err == nil {
@@ -430,13 +417,10 @@ func startHAProxy(t *testing.T, haproxy string, instances []*process) string {
 				return front
 			}
 		}
-		select {
-		case err := <-exited:
-			t.Fatalf("haproxy exited: %v\n%s", err, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
+		hp.failIfExited(t)
+		time.Sleep(20 * time.Millisecond)
 		if time.Now().After(deadline) {
-			t.Fatalf("haproxy did not answer on %s within 10s\n%s", front, out.String())
+			t.Fatalf("haproxy did not answer on %s within 10s\n%s", front, hp.output())
 		}
 	}
 }

@@ -332,3 +332,49 @@ func TestCommandLineForNewUsers(t *testing.T) {
 		t.Errorf("keys revoke without an id: %v, stderr %q", err, stderr)
 	}
 }
+
+// tool is an external program a test runs (HAProxy, Prometheus): its combined output, and
+// whether it has exited.
+type tool struct {
+	name   string
+	mu     sync.Mutex
+	out    bytes.Buffer
+	exited chan struct{} // closed when it exits; err then says how
+	err    error
+}
+
+// startTool starts cmd and stops it when the test ends, logging its output if the test
+// failed.
+func startTool(t *testing.T, name string, cmd *exec.Cmd) *tool {
+	t.Helper()
+	tl := &tool{name: name, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = lockedWriter{&tl.mu, &tl.out}, lockedWriter{&tl.mu, &tl.out}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { tl.err = cmd.Wait(); close(tl.exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-tl.exited
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, tl.output())
+		}
+	})
+	return tl
+}
+
+func (tl *tool) output() string {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.out.String()
+}
+
+// failIfExited fails the test if the tool has exited.
+func (tl *tool) failIfExited(t *testing.T) {
+	t.Helper()
+	select {
+	case <-tl.exited:
+		t.Fatalf("%s exited: %v\n%s", tl.name, tl.err, tl.output())
+	default:
+	}
+}

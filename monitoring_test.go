@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -477,8 +476,7 @@ scrape_configs:
 // promServer is a Prometheus started by a test.
 type promServer struct {
 	base string // http://127.0.0.1:port
-	out  *bytes.Buffer
-	mu   *sync.Mutex
+	*tool
 }
 
 // startPrometheus runs prometheus on config until the test ends, and waits until it is ready.
@@ -492,29 +490,11 @@ func startPrometheus(t *testing.T, prometheus, config, data string) *promServer 
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	p := &promServer{base: "http://" + addr, out: new(bytes.Buffer), mu: new(sync.Mutex)}
 	cmd := exec.Command(prometheus, "--config.file="+config, "--storage.tsdb.path="+data,
 		"--web.listen-address="+addr)
-	cmd.Stdout, cmd.Stderr = lockedWriter{p.mu, p.out}, lockedWriter{p.mu, p.out}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("prometheus output:\n%s", p.output())
-		}
-	})
+	p := &promServer{base: "http://" + addr, tool: startTool(t, "prometheus", cmd)}
 	p.poll(t, "/-/ready", func() (bool, string) {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("prometheus exited: %v", err)
-		default:
-		}
+		p.failIfExited(t)
 		resp, err := http.Get(p.base + "/-/ready")
 		if err != nil {
 			return false, err.Error()
@@ -523,12 +503,6 @@ func startPrometheus(t *testing.T, prometheus, config, data string) *promServer 
 		return resp.StatusCode == 200, resp.Status
 	})
 	return p
-}
-
-func (p *promServer) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
 }
 
 // poll calls ok until it reports true, failing the test with what it last said if that
