@@ -198,7 +198,10 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 		if c == nil || c.declaresNothing() {
 			// Everyone who declares nothing gets one answer: it goes with the others'.
 			key := q.key()
-			if c != nil {
+			switch {
+			case c != nil && q.isDefault():
+				key = "events|undeclared" // most requests of a game without targeting clients: no concatenation
+			case c != nil:
 				key += "|undeclared"
 			}
 			a := answers.get(key, snap.gen, now, func() ([]byte, []byte, time.Time) {
