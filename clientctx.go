@@ -45,37 +45,27 @@ func (tg targeting) contextKey(b []byte, r *http.Request) []byte {
 }
 
 // clientContextFrom reads a player's context from a request's query values v and headers
-// h. A malformed parameter is a fieldError naming it. vary lists the request headers the
-// answer depends on, for the Vary header.
-func (tg targeting) clientContextFrom(v url.Values, h http.Header, z *zones) (c clientContext, vary []string, err error) {
-	language := v.Get("language")
-	if language == "" {
-		language = strings.Join(h["Accept-Language"], ",")
-		vary = append(vary, "Accept-Language")
-	}
+// h. A malformed parameter is a fieldError naming it; the Accept-Language header, which
+// clients send unasked, is read leniently (see parseAcceptLanguage).
+func (tg targeting) clientContextFrom(v url.Values, h http.Header, z *zones) (clientContext, error) {
 	country := v.Get("country")
 	if tg.countryHeader != "" {
-		vary = append(vary, tg.countryHeader)
 		// The front's word is better than the client's claim; an unknown country ("XX",
 		// or T1 for Tor at Cloudflare) leaves the client's.
 		if fc := strings.ToUpper(strings.TrimSpace(h.Get(tg.countryHeader))); isCountry(fc) {
 			country = fc
 		}
 	}
-	c, err = newClientContext(v.Get("platform"), v.Get("client_version"), country, "", v.Get("player_id"),
+	c, err := newClientContext(v.Get("platform"), v.Get("client_version"), country, v.Get("language"), v.Get("player_id"),
 		v.Get("time_zone"), v.Get("utc_offset"), z)
 	if err != nil {
-		return c, vary, err
+		return c, err
 	}
-	if v.Get("language") != "" {
-		if c.langs, err = parseLanguageParam(language); err != nil {
-			return c, vary, err
-		}
-	} else {
+	if !v.Has("language") {
 		c.langs = parseAcceptLanguage(h["Accept-Language"])
 	}
 	c.defaultLocale = tg.defaultLocale
-	return c, vary, nil
+	return c, nil
 }
 
 // newClientContext checks and builds a player's context from its parts, each optional;

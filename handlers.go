@@ -238,7 +238,7 @@ func (tg targeting) contextFor(w http.ResponseWriter, r *http.Request, v url.Val
 	if !targeted && !hasAny(v, contextParams) {
 		return nil, nil
 	}
-	c, _, err := tg.clientContextFrom(v, r.Header, z)
+	c, err := tg.clientContextFrom(v, r.Header, z)
 	if err != nil || !targeted {
 		return nil, err
 	}
