@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -364,5 +365,43 @@ func TestPreviewPlayerViewSaysWhy(t *testing.T) {
 		if got[id] != reason {
 			t.Errorf("event %s hidden for %v, want %v", id, got[id], reason)
 		}
+	}
+}
+
+// TestRandomContextFloodStaysBounded floods a real server with GET /events from a new
+// player every request, each shown one of thousands of selections of a dozen rollouts, and
+// checks that the heap stays within the answer caches' bounds. (That the flood does not
+// push out the answers players share is TestRandomContextFloodKeepsSharedAnswers'.)
+func TestRandomContextFloodStaysBounded(t *testing.T) {
+	ts := startServer(t)
+	now := time.Now()
+	for i := range 12 {
+		r := createReq(fmt.Sprintf("rollout %d", i), now.Add(-time.Hour), now.Add(time.Hour), "")
+		r.RolloutPercent = 50
+		r.Localizations = map[string]*eventspb.Localization{"fr": {Title: fmt.Sprintf("déploiement %d", i)}}
+		if _, err := ts.events.CreateEvent(withKey(ts.admin), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(query string) {
+		if code, _, body := ts.get(t, "/events?"+query, ts.user); code != 200 {
+			t.Fatalf("GET /events?%s: %d %s", query, code, body)
+		}
+	}
+	done := make(chan struct{})
+	growth := maxHeapDuring(done)
+	const flood = 20_000
+	for i := range flood {
+		get(fmt.Sprintf("player_id=flood-%d&language=fr&platform=ios", i))
+		if i%1000 == 0 {
+			get("player_id=regular&language=fr")
+		}
+	}
+	close(done)
+	// The caches hold at most 64 + 32 MB of answers and 32,768 request keys.
+	g := growth()
+	t.Logf("the heap grew by at most %d MiB", g>>20)
+	if g > 160<<20 {
+		t.Errorf("the heap grew by %d MiB during a flood of %d one-off contexts", g>>20, flood)
 	}
 }
