@@ -55,7 +55,7 @@ type answerCache struct {
 
 	answers atomic.Pointer[map[string]*answer]
 	mu      sync.Mutex
-	warm    map[string]bool // keys of answers reused once made; under mu
+	warm    warmKeys // under mu
 }
 
 func newAnswerCache(maxEntries, maxBytes int) *answerCache {
@@ -89,31 +89,40 @@ func (c *answerCache) get(key string, gen int64, now time.Time, build func() (bo
 	size := 0
 	for k, old := range cur {
 		if old.reused.Load() {
-			c.remember(k)
+			c.warm.add(k, c.maxEntries)
 		}
 		if k != key && old.validAt(gen, now) {
 			next[k] = old
 			size += old.resp.size()
 		}
 	}
-	entries, bytes := c.maxEntries, c.maxBytes
-	if !c.warm[key] {
-		entries, bytes = entries/2, bytes/2
-	}
-	if len(next) < entries && size+a.resp.size() <= bytes {
+	if entries, bytes := c.warm.bounds(key, c.maxEntries, c.maxBytes); len(next) < entries && size+a.resp.size() <= bytes {
 		next[key] = a
 	}
 	c.answers.Store(&next)
 	return a
 }
 
-// remember marks key as warm. The set is bounded like the cache: when full, it starts
-// over, and the answers reused since earn their place again.
-func (c *answerCache) remember(key string) {
-	if c.warm == nil || len(c.warm) >= 2*c.maxEntries {
-		c.warm = map[string]bool{}
+// warmKeys are the keys of a cache's answers that were reused once made: the half of the
+// cache's bounds kept from one-off answers is theirs.
+type warmKeys map[string]bool
+
+// add marks key as warm. The set is bounded like the cache (of maxEntries): when full, it
+// starts over, and the answers reused since earn their place again.
+func (w *warmKeys) add(key string, maxEntries int) {
+	if *w == nil || len(*w) >= 2*maxEntries {
+		*w = warmKeys{}
 	}
-	c.warm[key] = true
+	(*w)[key] = true
+}
+
+// bounds returns how many answers, and bytes, a cache so bounded may hold when it keeps
+// key's answer: all of them for a warm key, half for another.
+func (w warmKeys) bounds(key string, maxEntries, maxBytes int) (int, int) {
+	if w[key] {
+		return maxEntries, maxBytes
+	}
+	return maxEntries / 2, maxBytes / 2
 }
 
 // cachedResponse is a JSON body ready to send, with its ETag, made once; its gzip form is
@@ -285,11 +294,11 @@ type selectionCache struct {
 	bytes   int
 	swept   int64 // the second (Unix) of the last sweep
 	sweptAt int64 // and the generation
-	warm    map[string]bool
+	warm    warmKeys
 }
 
 func newSelectionCache(maxEntries, maxBytes int) *selectionCache {
-	return &selectionCache{maxEntries: maxEntries, maxBytes: maxBytes, answers: map[string]*answer{}, sizes: map[string]int{}, warm: map[string]bool{}}
+	return &selectionCache{maxEntries: maxEntries, maxBytes: maxBytes, answers: map[string]*answer{}, sizes: map[string]int{}}
 }
 
 // get is answerCache.get for a selection key, which it copies only to keep a new answer.
@@ -396,11 +405,7 @@ func (c *selectionCache) put(key []byte, a *answer, gen int64, now time.Time, ow
 		delete(c.answers, string(key))
 		delete(c.sizes, string(key))
 	}
-	entries, bytes := c.maxEntries, c.maxBytes
-	if !c.warm[string(key)] {
-		entries, bytes = entries/2, bytes/2
-	}
-	if len(c.answers) < entries && c.bytes+size <= bytes {
+	if entries, bytes := c.warm.bounds(string(key), c.maxEntries, c.maxBytes); len(c.answers) < entries && c.bytes+size <= bytes {
 		c.answers[string(key)] = a
 		c.sizes[string(key)] = size
 		c.bytes += size
@@ -411,12 +416,9 @@ func (c *selectionCache) put(key []byte, a *answer, gen int64, now time.Time, ow
 // sweep drops the answers no longer valid at now, remembering those that were reused as
 // warm. c.mu must be held.
 func (c *selectionCache) sweep(gen int64, now time.Time) {
-	if len(c.warm) >= 2*c.maxEntries {
-		c.warm = map[string]bool{}
-	}
 	for k, a := range c.answers {
 		if a.reused.Load() {
-			c.warm[k] = true
+			c.warm.add(k, c.maxEntries)
 		}
 		if !a.validAt(gen, now) {
 			c.bytes -= c.sizes[k]

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,14 @@ type targeting struct {
 	// found again without reading the context or working out the selection.
 	selections *selectionCache
 	contexts   *contextIndex
+}
+
+// mayDeclare reports whether r may declare a context at all: players who send neither a
+// query string nor a header it is read from share one answer (see handleEvents), and are
+// not indexed.
+func (tg targeting) mayDeclare(r *http.Request) bool {
+	return r.URL.RawQuery != "" || len(r.Header["Accept-Language"]) > 0 ||
+		tg.countryHeader != "" && r.Header.Get(tg.countryHeader) != ""
 }
 
 // contextKey appends to b what a targeted answer to r can depend on besides the events:
@@ -76,7 +85,7 @@ func newClientContext(platform, clientVersion, country, language, playerID, time
 	var errs fieldErrors
 	if platform != "" {
 		c.platform = strings.ToLower(platform)
-		if !isPlatform(c.platform) {
+		if !slices.Contains(platforms, c.platform) {
 			errs.add(&fieldError{"platform", fmt.Sprintf("unknown platform %q; want one of %s", platform, strings.Join(platforms, ", "))})
 		}
 	}
@@ -123,15 +132,6 @@ func newClientContext(platform, clientVersion, country, language, playerID, time
 		return clientContext{}, errs
 	}
 	return c, nil
-}
-
-func isPlatform(p string) bool {
-	for _, q := range platforms {
-		if p == q {
-			return true
-		}
-	}
-	return false
 }
 
 // checkPlayerID refuses a player id that is too long or not printable ASCII: it is opaque

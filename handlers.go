@@ -159,7 +159,7 @@ func handleEvents(rm *readModel, answers *answerCache, tg targeting, allowTimeTr
 		var ck [512]byte
 		var ctxKey []byte
 		var f *frame
-		if snap.targeted {
+		if snap.targeted && tg.mayDeclare(r) {
 			// Asked exactly this before, in this frame: the same selection, found without
 			// reading the query or the context again (only valid requests are indexed).
 			now := rm.now()

@@ -413,17 +413,30 @@ func (e *entry) forPlayer(t time.Time, c *clientContext) (shown, string) {
 	if c == nil {
 		c = &undeclared
 	}
-	if why := e.Audience.verdict(c); why != "" {
+	if why := e.excludes(c); why != "" {
 		return shown{}, why
 	}
+	return shown{e: e, v: e.viewFor(t, c.loc), locale: e.localeFor(c)}, ""
+}
+
+// excludes says why a player with context c is not shown e whatever the time, "audience",
+// "excluded" or "rollout"; "" when it may be.
+func (e *entry) excludes(c *clientContext) string {
+	if why := e.Audience.verdict(c); why != "" {
+		return why
+	}
 	if !inRollout(e.ID, c.playerID, e.RolloutPercent) {
-		return shown{}, "rollout"
+		return "rollout"
 	}
-	sh := shown{e: e, v: e.viewFor(t, c.loc)}
-	if len(e.Localizations) > 0 {
-		sh.locale = chooseLocale(e.Localizations, c.langs, c.defaultLocale)
+	return ""
+}
+
+// localeFor is the locale of e's text for a player with context c: "" for its own.
+func (e *entry) localeFor(c *clientContext) string {
+	if len(e.Localizations) == 0 {
+		return ""
 	}
-	return sh, ""
+	return chooseLocale(e.Localizations, c.langs, c.defaultLocale)
 }
 
 // playerEvents returns what players asking q see at t, in list order (priority, then the
@@ -508,7 +521,7 @@ func (s *snapshot) targetedEvents(t time.Time, q playerQuery, c *clientContext, 
 	until, local := f.until, false
 	for i, it := range f.items {
 		e := it.e
-		if e.Audience != nil && e.Audience.verdict(c) != "" || !inRollout(e.ID, c.playerID, e.RolloutPercent) {
+		if e.targeted && e.excludes(c) != "" {
 			continue
 		}
 		v := it.v
@@ -519,11 +532,7 @@ func (s *snapshot) targetedEvents(t time.Time, q playerQuery, c *clientContext, 
 		if !q.matches(e.Labels, v) {
 			continue
 		}
-		sh := shown{e: e, v: v, pos: i}
-		if len(e.Localizations) > 0 {
-			sh.locale = chooseLocale(e.Localizations, c.langs, c.defaultLocale)
-		}
-		out = append(out, sh)
+		out = append(out, shown{e: e, v: v, locale: e.localeFor(c), pos: i})
 	}
 	if local {
 		sortShown(out)

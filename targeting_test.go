@@ -496,3 +496,16 @@ func TestTrustedCountryHeader(t *testing.T) {
 		t.Errorf("an untrusted country header was believed")
 	}
 }
+
+func TestContextIndexStartsOverWhenFull(t *testing.T) {
+	x := newContextIndex(3)
+	for i := range 10 {
+		x.put([]byte(fmt.Sprint(i)), indexedContext{selection: fmt.Sprint(i)})
+		if len(x.m) > 3 {
+			t.Fatalf("the index holds %d entries; its bound is 3", len(x.m))
+		}
+	}
+	if ic, ok := x.get([]byte("9")); !ok || ic.selection != "9" {
+		t.Errorf("the last entry put is not found: %v %v", ic, ok)
+	}
+}
